@@ -1,0 +1,373 @@
+//! Frame reading and writing over byte buffers.
+//!
+//! [`decode_frame`] takes from the front of a `BytesMut`: it returns `Ok(None)` while the
+//! buffer holds only part of a frame, and checks a frame's announced size against
+//! `frame_max` *before* buffering it, so a peer cannot make the server wait for (or buffer)
+//! a 4 GiB frame. Bodies come out as `Bytes` slices of the read buffer, without a copy.
+
+use crate::{properties, reply::ReplyCode, AMQPClass};
+use amq_protocol::frame::WriteContext;
+use amq_protocol::protocol::{gen_class, parse_class};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Frame type octet of a method frame.
+pub const FRAME_METHOD: u8 = 1;
+/// Frame type octet of a content header frame.
+pub const FRAME_HEADER: u8 = 2;
+/// Frame type octet of a content body frame.
+pub const FRAME_BODY: u8 = 3;
+/// Frame type octet of a heartbeat frame.
+pub const FRAME_HEARTBEAT: u8 = 8;
+/// The octet that ends every frame.
+pub const FRAME_END: u8 = 0xCE;
+/// Bytes a frame adds around its payload: type, channel, size and frame-end.
+pub const FRAME_OVERHEAD: usize = 8;
+/// The smallest frame_max a peer may negotiate.
+pub const FRAME_MIN_SIZE: u32 = 4096;
+/// The protocol header of AMQP 0-9-1, also what a server answers to a wrong header.
+pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A method on a channel (0 for the connection).
+    Method(u16, Box<AMQPClass>),
+    /// A content header: the properties are kept as the bytes the publisher sent.
+    Header(u16, ContentHeader),
+    /// A piece of a content body.
+    Body(u16, Bytes),
+    /// A heartbeat; the channel should be 0.
+    Heartbeat(u16),
+}
+
+impl Frame {
+    /// The channel the frame is on.
+    pub fn channel(&self) -> u16 {
+        match self {
+            Frame::Method(c, _) | Frame::Header(c, _) | Frame::Body(c, _) | Frame::Heartbeat(c) => {
+                *c
+            }
+        }
+    }
+}
+
+/// A content header frame's fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentHeader {
+    /// The content class (60 for basic).
+    pub class_id: u16,
+    /// Total size of the body that follows.
+    pub body_size: u64,
+    /// The property flags and values exactly as they were on the wire.
+    pub properties: properties::Properties,
+}
+
+/// Why a byte stream could not be decoded; the connection is closed with `code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// The reply code for `connection.close` (always a hard error).
+    pub code: ReplyCode,
+    /// The reply text, RabbitMQ style (`FRAME_ERROR - ...`).
+    pub text: String,
+    /// Class of the method that failed, when known.
+    pub class_id: u16,
+    /// Method that failed, when known.
+    pub method_id: u16,
+}
+
+impl FrameError {
+    fn new(code: ReplyCode, detail: impl std::fmt::Display) -> Self {
+        FrameError {
+            code,
+            text: code.text(detail),
+            class_id: 0,
+            method_id: 0,
+        }
+    }
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code.code(), self.text)
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Takes one frame from the front of `buf`.
+///
+/// `Ok(None)`: the buffer holds an incomplete frame, read more and call again (nothing is
+/// consumed). `frame_max` is the negotiated maximum including the 8 bytes of overhead; 0 means
+/// no limit beyond `u32`.
+pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, FrameError> {
+    if buf.len() < 7 {
+        return Ok(None);
+    }
+    let frame_type = buf[0];
+    let channel = u16::from_be_bytes([buf[1], buf[2]]);
+    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
+    if !matches!(
+        frame_type,
+        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+    ) {
+        return Err(FrameError::new(
+            ReplyCode::FrameError,
+            format!("type {frame_type}, first 7 octets = {:?}", &buf[..7]),
+        ));
+    }
+    let total = size as u64 + FRAME_OVERHEAD as u64;
+    if frame_max != 0 && total > frame_max as u64 {
+        return Err(FrameError::new(
+            ReplyCode::FrameError,
+            format!("frame size {total} exceeds the negotiated maximum {frame_max}"),
+        ));
+    }
+    let total = total as usize;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    if buf[total - 1] != FRAME_END {
+        return Err(FrameError::new(
+            ReplyCode::FrameError,
+            format!("invalid frame end marker {:#04x}", buf[total - 1]),
+        ));
+    }
+    let mut frame = buf.split_to(total).freeze();
+    frame.advance(7);
+    frame.truncate(size as usize);
+    let payload = frame;
+    match frame_type {
+        FRAME_METHOD => decode_method(channel, &payload).map(Some),
+        FRAME_HEADER => decode_header(channel, payload).map(Some),
+        FRAME_BODY => Ok(Some(Frame::Body(channel, payload))),
+        _ => {
+            if size != 0 {
+                return Err(FrameError::new(
+                    ReplyCode::FrameError,
+                    format!("heartbeat frame with a payload of {size} bytes"),
+                ));
+            }
+            Ok(Some(Frame::Heartbeat(channel)))
+        }
+    }
+}
+
+/// The class and method ids at the start of a method payload, if present.
+pub fn method_ids(payload: &[u8]) -> Option<(u16, u16)> {
+    if payload.len() < 4 {
+        return None;
+    }
+    Some((
+        u16::from_be_bytes([payload[0], payload[1]]),
+        u16::from_be_bytes([payload[2], payload[3]]),
+    ))
+}
+
+fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, FrameError> {
+    match parse_class(payload) {
+        Ok((rest, class)) if rest.is_empty() => Ok(Frame::Method(channel, Box::new(class))),
+        Ok(_) | Err(_) => {
+            let (class_id, method_id) = method_ids(payload).unwrap_or((0, 0));
+            let mut err = if crate::method::is_known(class_id, method_id) {
+                FrameError::new(
+                    ReplyCode::SyntaxError,
+                    format!(
+                        "malformed {} method frame",
+                        crate::method::name(class_id, method_id)
+                    ),
+                )
+            } else {
+                FrameError::new(
+                    ReplyCode::CommandInvalid,
+                    format!("unknown class/method {class_id}/{method_id}"),
+                )
+            };
+            err.class_id = class_id;
+            err.method_id = method_id;
+            Err(err)
+        }
+    }
+}
+
+fn decode_header(channel: u16, mut payload: Bytes) -> Result<Frame, FrameError> {
+    if payload.len() < 14 {
+        return Err(FrameError::new(
+            ReplyCode::FrameError,
+            "content header frame too short",
+        ));
+    }
+    let class_id = payload.get_u16();
+    let _weight = payload.get_u16();
+    let body_size = payload.get_u64();
+    let properties = properties::Properties::decode(payload).map_err(|_| {
+        let mut e = FrameError::new(
+            ReplyCode::SyntaxError,
+            "malformed content header properties",
+        );
+        e.class_id = class_id;
+        e
+    })?;
+    Ok(Frame::Header(
+        channel,
+        ContentHeader {
+            class_id,
+            body_size,
+            properties,
+        },
+    ))
+}
+
+/// Why a frame could not be encoded (a string over 255 bytes, a table too large).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeError(pub String);
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot encode frame: {}", self.0)
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+fn begin_frame(out: &mut BytesMut, frame_type: u8, channel: u16) -> usize {
+    out.put_u8(frame_type);
+    out.put_u16(channel);
+    let at = out.len();
+    out.put_u32(0);
+    at
+}
+
+fn end_frame(out: &mut BytesMut, size_at: usize) {
+    let size = (out.len() - size_at - 4) as u32;
+    out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    out.put_u8(FRAME_END);
+}
+
+/// Appends a method frame.
+pub fn encode_method(
+    out: &mut BytesMut,
+    channel: u16,
+    method: &AMQPClass,
+) -> Result<(), EncodeError> {
+    let ctx = gen_class(method)(WriteContext::from(Vec::with_capacity(64)))
+        .map_err(|e| EncodeError(format!("{e:?}")))?;
+    let (payload, _) = ctx.into_inner();
+    out.reserve(payload.len() + FRAME_OVERHEAD);
+    let at = begin_frame(out, FRAME_METHOD, channel);
+    out.put_slice(&payload);
+    end_frame(out, at);
+    Ok(())
+}
+
+/// Appends a content header frame with the properties as raw bytes.
+pub fn encode_header(out: &mut BytesMut, channel: u16, body_size: u64, properties: &[u8]) {
+    out.reserve(properties.len() + 12 + FRAME_OVERHEAD);
+    let at = begin_frame(out, FRAME_HEADER, channel);
+    out.put_u16(60);
+    out.put_u16(0);
+    out.put_u64(body_size);
+    out.put_slice(properties);
+    end_frame(out, at);
+}
+
+/// Appends the body frames of a content, split so no frame exceeds `frame_max`.
+pub fn encode_body(out: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32) {
+    let max_payload = if frame_max == 0 {
+        usize::MAX
+    } else {
+        (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1)
+    };
+    for chunk in body.chunks(max_payload) {
+        out.reserve(chunk.len() + FRAME_OVERHEAD);
+        let at = begin_frame(out, FRAME_BODY, channel);
+        out.put_slice(chunk);
+        end_frame(out, at);
+    }
+}
+
+/// Appends a heartbeat frame.
+pub fn encode_heartbeat(out: &mut BytesMut) {
+    out.put_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+}
+
+fn put_short_str(out: &mut BytesMut, s: &str) {
+    // Names are validated to 255 bytes when they enter the broker; cut defensively.
+    let bytes = &s.as_bytes()[..s.len().min(255)];
+    out.put_u8(bytes.len() as u8);
+    out.put_slice(bytes);
+}
+
+/// Appends a `basic.deliver` method frame (hand-encoded: it is on every delivery).
+pub fn encode_deliver(
+    out: &mut BytesMut,
+    channel: u16,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+) {
+    let at = begin_frame(out, FRAME_METHOD, channel);
+    out.put_u16(60);
+    out.put_u16(60);
+    put_short_str(out, consumer_tag);
+    out.put_u64(delivery_tag);
+    out.put_u8(redelivered as u8);
+    put_short_str(out, exchange);
+    put_short_str(out, routing_key);
+    end_frame(out, at);
+}
+
+/// Appends a `basic.get-ok` method frame.
+pub fn encode_get_ok(
+    out: &mut BytesMut,
+    channel: u16,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+    message_count: u32,
+) {
+    let at = begin_frame(out, FRAME_METHOD, channel);
+    out.put_u16(60);
+    out.put_u16(71);
+    out.put_u64(delivery_tag);
+    out.put_u8(redelivered as u8);
+    put_short_str(out, exchange);
+    put_short_str(out, routing_key);
+    out.put_u32(message_count);
+    end_frame(out, at);
+}
+
+/// Appends a `basic.ack` (publisher confirm) method frame.
+pub fn encode_ack(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool) {
+    let at = begin_frame(out, FRAME_METHOD, channel);
+    out.put_u16(60);
+    out.put_u16(80);
+    out.put_u64(delivery_tag);
+    out.put_u8(multiple as u8);
+    end_frame(out, at);
+}
+
+/// Appends a `basic.nack` (publisher confirm) method frame.
+pub fn encode_nack(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool) {
+    let at = begin_frame(out, FRAME_METHOD, channel);
+    out.put_u16(60);
+    out.put_u16(120);
+    out.put_u64(delivery_tag);
+    out.put_u8(multiple as u8);
+    end_frame(out, at);
+}
+
+/// Appends a whole content: header and body frames.
+pub fn encode_content(
+    out: &mut BytesMut,
+    channel: u16,
+    properties: &[u8],
+    body: &[u8],
+    frame_max: u32,
+) {
+    encode_header(out, channel, body.len() as u64, properties);
+    encode_body(out, channel, body, frame_max);
+}

@@ -1,0 +1,63 @@
+//! Node configuration: defaults, then environment (RabbitMQ's names accepted), then flags.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the AMQP listener binds to.
+    pub bind: IpAddr,
+    /// AMQP port; 0 picks a free one (tests).
+    pub port: u16,
+    /// Directory for this node's data.
+    pub data_dir: PathBuf,
+    /// Largest message body accepted, in bytes (RabbitMQ's `max_message_size`).
+    pub max_message_size: usize,
+    /// Heartbeat interval the server proposes, in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Largest frame the server accepts and proposes, in bytes.
+    pub frame_max: u32,
+    /// Most channels per connection the server allows.
+    pub channel_max: u16,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// The default user's name and password, created at first start.
+    pub default_user: String,
+    /// The default user's password.
+    pub default_pass: String,
+    /// Users that may only connect from loopback addresses (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
+    /// How long a client has to complete the handshake, in seconds.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 5672,
+            data_dir: PathBuf::from("warren-data"),
+            max_message_size: 128 * 1024 * 1024,
+            heartbeat: 60,
+            frame_max: 131_072,
+            channel_max: 2047,
+            max_connections: 65_536,
+            default_user: "guest".into(),
+            default_pass: "guest".into(),
+            loopback_users: vec!["guest".into()],
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults for an in-process test broker: an ephemeral port on loopback.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        Config {
+            port: 0,
+            data_dir: data_dir.to_path_buf(),
+            ..Config::default()
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Warren's integration tests: one binary, one module per area. Each test starts a real
+//! broker on an ephemeral port and drives it with real clients (lapin, amqprs) over TCP.
+
+mod basic;
+mod confirms_tx;
+mod connection;
+mod exchanges;
+mod queues;
+mod raw_frames;
