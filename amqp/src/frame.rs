@@ -5,6 +5,7 @@
 //! `frame_max` *before* buffering it, so a peer cannot make the server wait for (or buffer)
 //! a 4 GiB frame. Bodies come out as `Bytes` slices of the read buffer, without a copy.
 
+use crate::tables::{self, TableError};
 use crate::{properties, reply::ReplyCode, AMQPClass};
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::{gen_class, parse_class};
@@ -26,6 +27,8 @@ pub const FRAME_OVERHEAD: usize = 8;
 pub const FRAME_MIN_SIZE: u32 = 4096;
 /// The protocol header of AMQP 0-9-1, also what a server answers to a wrong header.
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+/// The most [`decode_frame`] reserves for a frame ahead of its bytes arriving.
+const RESERVE_AHEAD: usize = 1 << 20;
 
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +127,9 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     }
     let total = total as usize;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Room for the rest of the frame, but not more than RESERVE_AHEAD before the bytes
+        // arrive: without a limit, 7 bytes could otherwise make us allocate 4 GiB.
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     if buf[total - 1] != FRAME_END {
@@ -165,10 +170,32 @@ pub fn method_ids(payload: &[u8]) -> Option<(u16, u16)> {
 }
 
 fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, FrameError> {
+    let Some((class_id, method_id)) = method_ids(payload) else {
+        return Err(FrameError::new(
+            ReplyCode::FrameError,
+            format!(
+                "method frame of {} octets has no class and method ids",
+                payload.len()
+            ),
+        ));
+    };
+    // Tables nested too deep are refused before amq-protocol's recursive parser sees them.
+    if tables::check_method(payload) == Err(TableError::TooDeep) {
+        let mut err = FrameError::new(
+            ReplyCode::SyntaxError,
+            format!(
+                "field table of {} nested deeper than {} levels",
+                crate::method::name(class_id, method_id),
+                tables::MAX_NESTING
+            ),
+        );
+        err.class_id = class_id;
+        err.method_id = method_id;
+        return Err(err);
+    }
     match parse_class(payload) {
-        Ok((rest, class)) if rest.is_empty() => Ok(Frame::Method(channel, Box::new(class))),
+        Ok(([], class)) => Ok(Frame::Method(channel, Box::new(class))),
         Ok(_) | Err(_) => {
-            let (class_id, method_id) = method_ids(payload).unwrap_or((0, 0));
             let mut err = if crate::method::is_known(class_id, method_id) {
                 FrameError::new(
                     ReplyCode::SyntaxError,
@@ -218,7 +245,8 @@ fn decode_header(channel: u16, mut payload: Bytes) -> Result<Frame, FrameError> 
     ))
 }
 
-/// Why a frame could not be encoded (a string over 255 bytes, a table too large).
+/// Why a frame could not be encoded (a table value with no wire type, a table too large or
+/// nested too deep).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodeError(pub String);
 
@@ -253,6 +281,18 @@ pub fn encode_method(
     let ctx = gen_class(method)(WriteContext::from(Vec::with_capacity(64)))
         .map_err(|e| EncodeError(format!("{e:?}")))?;
     let (payload, _) = ctx.into_inner();
+    // Refuse what Warren would not read back: a short-string table value (amq-protocol writes
+    // it with the type octet `_`, which no peer reads) or tables nested too deep.
+    tables::check_method(&payload).map_err(|e| {
+        EncodeError(match e {
+            TableError::TooDeep => {
+                format!("field table nested deeper than {}", tables::MAX_NESTING)
+            }
+            TableError::Malformed => {
+                "field table holds a value with no wire type (a short string)".into()
+            }
+        })
+    })?;
     out.reserve(payload.len() + FRAME_OVERHEAD);
     let at = begin_frame(out, FRAME_METHOD, channel);
     out.put_slice(&payload);
@@ -292,10 +332,14 @@ pub fn encode_heartbeat(out: &mut BytesMut) {
 }
 
 fn put_short_str(out: &mut BytesMut, s: &str) {
-    // Names are validated to 255 bytes when they enter the broker; cut defensively.
-    let bytes = &s.as_bytes()[..s.len().min(255)];
-    out.put_u8(bytes.len() as u8);
-    out.put_slice(bytes);
+    // Names are validated to 255 bytes when they enter the broker; cut defensively, on a
+    // character boundary so that the peer still reads valid UTF-8.
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.put_u8(end as u8);
+    out.put_slice(&s.as_bytes()[..end]);
 }
 
 /// Appends a `basic.deliver` method frame (hand-encoded: it is on every delivery).

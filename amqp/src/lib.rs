@@ -11,6 +11,7 @@ pub mod frame;
 pub mod method;
 pub mod properties;
 pub mod reply;
+mod tables;
 
 pub use amq_protocol::protocol::{
     access, basic, channel, confirm, connection, exchange, queue, tx, AMQPClass,
@@ -21,3 +22,10 @@ pub use amq_protocol::types::{
 pub use frame::{ContentHeader, Frame, FrameError};
 pub use properties::Properties;
 pub use reply::ReplyCode;
+
+/// Low-level wire encoders and decoders of amq-protocol, for field tables and values.
+pub mod wire {
+    pub use amq_protocol::frame::WriteContext;
+    pub use amq_protocol::types::generation::{gen_field_table, gen_value};
+    pub use amq_protocol::types::parsing::{parse_field_table, parse_value};
+}

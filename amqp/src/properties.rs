@@ -5,16 +5,29 @@
 //! was published, and a delivery costs no re-encoding. The few fields the broker looks at
 //! on every message are extracted once; the rest are parsed on demand.
 
+use crate::tables::{self, TableError};
+use crate::{AMQPValue, FieldTable};
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
 use bytes::Bytes;
 
 /// Encoded basic properties plus the fields the broker reads on every message.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Properties {
     raw: Bytes,
     delivery_mode: u8,
     priority: u8,
+}
+
+impl Default for Properties {
+    /// No properties: property flags of zero, as they go on the wire.
+    fn default() -> Self {
+        Properties {
+            raw: Bytes::from_static(&[0, 0]),
+            delivery_mode: 0,
+            priority: 0,
+        }
+    }
 }
 
 /// The property bytes could not be parsed.
@@ -40,8 +53,17 @@ impl Properties {
         })
     }
 
-    /// Encodes parsed properties (for messages the broker creates or rewrites).
+    /// Encodes parsed properties (for messages the broker creates or rewrites). Short-string
+    /// header values are written as long strings, the only string type peers read in tables.
     pub fn encode(props: &AMQPProperties) -> Self {
+        let with_long_strings;
+        let props = match props.headers() {
+            Some(headers) if has_short_string(headers) => {
+                with_long_strings = props.clone().with_headers(long_strings(headers));
+                &with_long_strings
+            }
+            _ => props,
+        };
         let raw = match gen_properties(props)(WriteContext::from(Vec::with_capacity(32))) {
             Ok(ctx) => ctx.into_inner().0,
             // Only strings over 255 bytes fail, and parsed properties cannot hold those.
@@ -69,6 +91,11 @@ impl Properties {
         self.delivery_mode == 2
     }
 
+    /// True when the user-id property is present (checked against the login on publish).
+    pub fn has_user_id(&self) -> bool {
+        self.raw.len() >= 2 && u16::from_be_bytes([self.raw[0], self.raw[1]]) & (1 << 4) != 0
+    }
+
     /// The message priority (0 when absent).
     pub fn priority(&self) -> u8 {
         self.priority
@@ -81,9 +108,53 @@ impl Properties {
     }
 }
 
+/// True when a short-string value is somewhere in `table`.
+fn has_short_string(table: &FieldTable) -> bool {
+    table.into_iter().any(|(_, v)| value_has_short_string(v))
+}
+
+fn value_has_short_string(value: &AMQPValue) -> bool {
+    match value {
+        AMQPValue::ShortString(_) => true,
+        AMQPValue::FieldTable(t) => has_short_string(t),
+        AMQPValue::FieldArray(a) => a.as_slice().iter().any(value_has_short_string),
+        _ => false,
+    }
+}
+
+/// `table` with its short-string values as long strings: amq-protocol writes short-string
+/// table values with a type octet (`_`) that no peer reads, long strings (`S`) are what
+/// every client sends.
+fn long_strings(table: &FieldTable) -> FieldTable {
+    let mut out = FieldTable::default();
+    for (k, v) in table {
+        out.insert(k.clone(), long_string_value(v));
+    }
+    out
+}
+
+fn long_string_value(value: &AMQPValue) -> AMQPValue {
+    match value {
+        AMQPValue::ShortString(s) => AMQPValue::LongString(s.as_str().into()),
+        AMQPValue::FieldTable(t) => AMQPValue::FieldTable(long_strings(t)),
+        AMQPValue::FieldArray(a) => AMQPValue::FieldArray(
+            a.as_slice()
+                .iter()
+                .map(long_string_value)
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        other => other.clone(),
+    }
+}
+
 fn parse(raw: &[u8]) -> Result<AMQPProperties, MalformedProperties> {
+    // Headers nested too deep are refused before amq-protocol's recursive parser sees them.
+    if tables::check_properties(raw) == Err(TableError::TooDeep) {
+        return Err(MalformedProperties);
+    }
     match parse_properties(raw) {
-        Ok((rest, props)) if rest.is_empty() => Ok(props),
+        Ok(([], props)) => Ok(props),
         _ => Err(MalformedProperties),
     }
 }
@@ -91,7 +162,6 @@ fn parse(raw: &[u8]) -> Result<AMQPProperties, MalformedProperties> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AMQPValue, FieldTable};
 
     #[test]
     fn round_trip_keeps_every_byte() {

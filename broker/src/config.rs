@@ -30,6 +30,8 @@ pub struct Config {
     pub loopback_users: Vec<String>,
     /// How long a client has to complete the handshake, in seconds.
     pub handshake_timeout_secs: u64,
+    /// The node name (`name@host`); derived from the host name when unset.
+    pub node_name: Option<String>,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             default_pass: "guest".into(),
             loopback_users: vec!["guest".into()],
             handshake_timeout_secs: 10,
+            node_name: None,
         }
     }
 }
@@ -59,5 +62,26 @@ impl Config {
             data_dir: data_dir.to_path_buf(),
             ..Config::default()
         }
+    }
+}
+
+impl Config {
+    /// The node's name, `warren@<short hostname>` unless configured.
+    pub fn node_name(&self) -> String {
+        if let Some(n) = &self.node_name {
+            return n.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| {
+                h.trim()
+                    .split('.')
+                    .next()
+                    .unwrap_or("localhost")
+                    .to_string()
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        format!("warren@{host}")
     }
 }

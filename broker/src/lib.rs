@@ -1,15 +1,31 @@
 //! warren-broker: the Warren node.
 //!
 //! `Broker::start` binds the AMQP listener and returns a handle; the node runs on the
-//! caller's tokio runtime until `shutdown`. See `server` for the listener, `connection` and
-//! `channel` for the protocol state machines, `vhost` and `exchange` for routing, `queue`
-//! for the queue actors and `meta` for the definitions every change goes through.
+//! caller's tokio runtime until `shutdown`. `server` accepts connections; `connection` and
+//! `channel` are the protocol state machines; `vhost` and `exchange` route; `queue` holds the
+//! queue actors; `meta` is the definitions state machine every change goes through.
 
+pub mod args;
+pub mod auth;
+pub mod broker;
+pub mod channel;
 pub mod config;
+pub mod connection;
+pub mod delivery;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod meta;
+pub mod queue;
+pub mod server;
+pub mod vhost;
 
 pub use config::Config;
 
+use broker::BrokerShared;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The entry point: starts a node.
 pub struct Broker;
@@ -17,13 +33,26 @@ pub struct Broker;
 /// A started node.
 pub struct RunningBroker {
     local_addr: SocketAddr,
+    shared: Arc<BrokerShared>,
+    listener: tokio::task::JoinHandle<()>,
 }
 
 impl Broker {
-    /// Binds the listener and starts serving.
+    /// Binds the listener and starts serving on the current tokio runtime.
     pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
-        let _ = config;
-        anyhow::bail!("not yet")
+        let addr = SocketAddr::new(config.bind, config.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("failed to bind the AMQP listener on {addr}: {e}"))?;
+        let local_addr = listener.local_addr()?;
+        let shared = BrokerShared::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!(%local_addr, "AMQP listener started");
+        let listener = tokio::spawn(server::run(shared.clone(), listener));
+        Ok(RunningBroker {
+            local_addr,
+            shared,
+            listener,
+        })
     }
 }
 
@@ -33,9 +62,28 @@ impl RunningBroker {
         self.local_addr
     }
 
-    /// Stops accepting, closes every connection and waits for the node to stop.
-    pub async fn shutdown(self) {}
+    /// The node's shared state.
+    pub fn shared(&self) -> &Arc<BrokerShared> {
+        &self.shared
+    }
+
+    /// Stops accepting, closes every connection (320 CONNECTION_FORCED) and waits, up to a
+    /// few seconds, for every connection task to end.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        let _ = self.listener.await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tasks.wait()).await;
+    }
 
     /// Starts the shutdown without waiting for it (for `Drop`).
-    pub fn shutdown_in_background(self) {}
+    pub fn shutdown_in_background(self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+    }
+
+    /// Resolves when the node has been asked to stop.
+    pub async fn stopped(&self) {
+        self.shared.shutdown.cancelled().await
+    }
 }

@@ -7,3 +7,4 @@ mod connection;
 mod exchanges;
 mod queues;
 mod raw_frames;
+mod smoke;

@@ -1,0 +1,137 @@
+//! Declare and binding arguments: encoding for comparison, and RabbitMQ's equivalence rules
+//! (only the arguments RabbitMQ checks must match on redeclare).
+
+use crate::error::ChannelError;
+use warren_amqp::wire::gen_field_table;
+use warren_amqp::{AMQPValue, FieldTable};
+
+/// Queue arguments that must be equal when a queue is redeclared.
+pub const QUEUE_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-queue-master-locator",
+];
+
+/// Exchange arguments that must be equal when an exchange is redeclared.
+pub const EXCHANGE_ARGS: &[&str] = &["alternate-exchange"];
+
+/// A field table's wire encoding, used as a comparable key.
+pub fn table_bytes(table: &FieldTable) -> Vec<u8> {
+    match gen_field_table(table)(warren_amqp::wire::WriteContext::from(Vec::new())) {
+        Ok(ctx) => ctx.into_inner().0,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// RabbitMQ's name for a field value's type.
+pub fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "shortstr",
+        AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+/// A field value printed the way RabbitMQ prints it in error texts.
+pub fn show(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(i) => i.to_string(),
+        AMQPValue::ShortShortUInt(i) => i.to_string(),
+        AMQPValue::ShortInt(i) => i.to_string(),
+        AMQPValue::ShortUInt(i) => i.to_string(),
+        AMQPValue::LongInt(i) => i.to_string(),
+        AMQPValue::LongUInt(i) => i.to_string(),
+        AMQPValue::LongLongInt(i) => i.to_string(),
+        AMQPValue::Float(f) => f.to_string(),
+        AMQPValue::Double(f) => f.to_string(),
+        AMQPValue::Timestamp(t) => t.to_string(),
+        AMQPValue::ShortString(s) => format!("<<\"{}\">>", s.as_str()),
+        AMQPValue::LongString(s) => format!("<<\"{}\">>", String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::Void => "undefined".to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// An integer argument's value, whatever integer type the client used.
+pub fn as_i64(v: &AMQPValue) -> Option<i64> {
+    match *v {
+        AMQPValue::ShortShortInt(i) => Some(i.into()),
+        AMQPValue::ShortShortUInt(i) => Some(i.into()),
+        AMQPValue::ShortInt(i) => Some(i.into()),
+        AMQPValue::ShortUInt(i) => Some(i.into()),
+        AMQPValue::LongInt(i) => Some(i.into()),
+        AMQPValue::LongUInt(i) => Some(i.into()),
+        AMQPValue::LongLongInt(i) => Some(i),
+        AMQPValue::Timestamp(t) => i64::try_from(t).ok(),
+        _ => None,
+    }
+}
+
+fn equivalent_values(a: &AMQPValue, b: &AMQPValue) -> bool {
+    match (as_i64(a), as_i64(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Checks that the arguments RabbitMQ compares are equal; the error has RabbitMQ's text.
+pub fn check_equivalent_args(
+    what: &str,
+    name: &str,
+    vhost: &str,
+    current: &FieldTable,
+    received: &FieldTable,
+    keys: &[&str],
+) -> Result<(), ChannelError> {
+    for key in keys {
+        let cur = current.inner().get(*key);
+        let new = received.inner().get(*key);
+        let same = match (cur, new) {
+            (None, None) => true,
+            (Some(a), Some(b)) => equivalent_values(a, b),
+            _ => false,
+        };
+        if same {
+            continue;
+        }
+        let fmt = |v: Option<&AMQPValue>| match v {
+            None => "none".to_string(),
+            Some(v) => format!("the value '{}' of type '{}'", show(v), type_name(v)),
+        };
+        return Err(ChannelError::precondition(format!(
+            "inequivalent arg '{key}' for {what} '{name}' in vhost '{vhost}': received {} but current is {}",
+            fmt(new),
+            fmt(cur)
+        )));
+    }
+    Ok(())
+}

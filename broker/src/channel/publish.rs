@@ -1,0 +1,223 @@
+//! Publishing, in RabbitMQ's order of checks: content assembled (method, header, bodies;
+//! size checked at the header), then exchange exists (404), not internal (403), user_id
+//! matches (406); then route (exchange-to-exchange bindings followed, each queue once),
+//! hand to every target queue, and answer with basic.return and/or a confirm.
+
+use super::Channel;
+use crate::connection::ConnState;
+use crate::error::ChannelError;
+use crate::message::Message;
+use crate::queue::{Publish, QueueHandle};
+use crate::vhost::Vhost;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use warren_amqp::{basic, ContentHeader, Properties, ReplyCode};
+
+/// A publish whose content is being received, or one held in a transaction.
+pub(super) struct Pending {
+    exchange: Arc<str>,
+    routing_key: Arc<str>,
+    mandatory: bool,
+    properties: Option<Properties>,
+    expected: u64,
+    body: Vec<Bytes>,
+    received: u64,
+}
+
+impl Channel {
+    pub(super) fn start_publish(
+        &mut self,
+        _conn: &mut ConnState,
+        p: basic::Publish,
+    ) -> Result<(), ChannelError> {
+        if p.immediate {
+            return Err(ChannelError::new(
+                ReplyCode::NotImplemented,
+                "immediate=true",
+            ));
+        }
+        self.pending = Some(Pending {
+            exchange: Arc::from(p.exchange.as_str()),
+            routing_key: Arc::from(p.routing_key.as_str()),
+            mandatory: p.mandatory,
+            properties: None,
+            expected: 0,
+            body: Vec::new(),
+            received: 0,
+        });
+        Ok(())
+    }
+
+    pub(super) async fn publish_header(
+        &mut self,
+        conn: &mut ConnState,
+        h: ContentHeader,
+    ) -> Result<(), ChannelError> {
+        let Some(p) = self.pending.as_mut().filter(|p| p.properties.is_none()) else {
+            return Err(ChannelError::new(
+                ReplyCode::UnexpectedFrame,
+                "expected method frame, got non method frame instead",
+            ));
+        };
+        if h.class_id != 60 {
+            return Err(ChannelError::new(
+                ReplyCode::UnexpectedFrame,
+                format!(
+                    "content header for class {} does not match class 60",
+                    h.class_id
+                ),
+            ));
+        }
+        let max = conn.shared.config.max_message_size as u64;
+        if h.body_size > max {
+            self.pending = None;
+            return Err(ChannelError::precondition(format!(
+                "message size {} is larger than configured max size {max}",
+                h.body_size
+            ))
+            .on(60, 40));
+        }
+        p.properties = Some(h.properties);
+        p.expected = h.body_size;
+        if h.body_size == 0 {
+            return self.finish_publish(conn).await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn publish_body(
+        &mut self,
+        conn: &mut ConnState,
+        b: Bytes,
+    ) -> Result<(), ChannelError> {
+        let Some(p) = self.pending.as_mut().filter(|p| p.properties.is_some()) else {
+            return Err(ChannelError::new(
+                ReplyCode::UnexpectedFrame,
+                "expected method frame, got non method frame instead",
+            ));
+        };
+        p.received += b.len() as u64;
+        if p.received > p.expected {
+            return Err(ChannelError::new(
+                ReplyCode::FrameError,
+                format!(
+                    "content body of {} bytes exceeds the announced size {}",
+                    p.received, p.expected
+                ),
+            ));
+        }
+        p.body.push(b);
+        if p.received == p.expected {
+            return self.finish_publish(conn).await;
+        }
+        Ok(())
+    }
+
+    async fn finish_publish(&mut self, conn: &mut ConnState) -> Result<(), ChannelError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let routes = conn.vhost.routes();
+        let Some(x) = routes.exchanges.get(&p.exchange) else {
+            return Err(ChannelError::no_exchange(&conn.vhost.name, &p.exchange).on(60, 40));
+        };
+        if x.internal {
+            return Err(ChannelError::access_refused(format!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                p.exchange, conn.vhost.name
+            ))
+            .on(60, 40));
+        }
+        if let Some(props) = &p.properties {
+            if props.has_user_id() {
+                if let Some(uid) = props.parse().user_id() {
+                    if uid.as_str() != &*conn.user {
+                        return Err(ChannelError::precondition(format!(
+                            "user_id property set to '{}' but authenticated user was '{}'",
+                            uid.as_str(),
+                            conn.user
+                        ))
+                        .on(60, 40));
+                    }
+                }
+            }
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.publishes.push(p);
+            return Ok(());
+        }
+        self.route_and_deliver(conn, p).await;
+        Ok(())
+    }
+
+    /// Routes an assembled publish and hands it to its queues.
+    pub(super) async fn route_and_deliver(&mut self, conn: &mut ConnState, p: Pending) {
+        let body = match p.body.len() {
+            0 => Bytes::new(),
+            1 => p.body.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::with_capacity(p.received as usize);
+                for b in &p.body {
+                    all.extend_from_slice(b);
+                }
+                all.freeze()
+            }
+        };
+        let msg = Arc::new(Message {
+            exchange: p.exchange,
+            routing_key: p.routing_key,
+            properties: p.properties.unwrap_or_default(),
+            body,
+        });
+        let routes = conn.vhost.routes();
+        let mut targets: Vec<QueueHandle> = Vec::new();
+        if let Some(x) = routes.exchanges.get(&msg.exchange) {
+            Vhost::route(&routes, x, &msg, &mut targets);
+        }
+        let seq = self.confirm.as_mut().map(|c| c.next_seq());
+        if targets.is_empty() {
+            if p.mandatory {
+                conn.send_method(
+                    self.id,
+                    &warren_amqp::method::basic_return(
+                        ReplyCode::NoRoute.code(),
+                        ReplyCode::NoRoute.name(),
+                        &msg.exchange,
+                        &msg.routing_key,
+                    ),
+                );
+                warren_amqp::frame::encode_content(
+                    &mut conn.out,
+                    self.id,
+                    msg.properties.raw(),
+                    &msg.body,
+                    conn.frame_max,
+                );
+            }
+            if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
+                c.expect(seq, 0, true);
+                self.send_confirms(conn);
+            }
+            return;
+        }
+        if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
+            c.expect(seq, targets.len() as u32, true);
+        }
+        for q in targets {
+            let confirm = seq.map(|s| (self.chref.clone(), s));
+            let delivered = q
+                .publish(Publish {
+                    msg: msg.clone(),
+                    confirm,
+                })
+                .await;
+            if !delivered {
+                // The queue was deleted meanwhile: the message is dropped and confirmed.
+                if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
+                    c.answer(seq, true);
+                }
+            }
+        }
+        self.send_confirms(conn);
+    }
+}

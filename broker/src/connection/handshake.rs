@@ -1,0 +1,341 @@
+//! The opening of a connection: protocol header, connection.start / start-ok (SASL PLAIN
+//! or AMQPLAIN), tune / tune-ok, open / open-ok, with RabbitMQ's server properties and its
+//! replies to every way this can go wrong.
+
+use super::writer::Batch;
+use crate::broker::BrokerShared;
+use crate::vhost::Vhost;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+use warren_amqp::frame::{decode_frame, encode_method, Frame, FRAME_MIN_SIZE, PROTOCOL_HEADER};
+use warren_amqp::{connection, method, AMQPClass, AMQPValue, FieldTable, LongString, ReplyCode};
+
+/// A completed handshake.
+pub(super) struct Opened {
+    pub reader: OwnedReadHalf,
+    pub buf: BytesMut,
+    pub user: Arc<str>,
+    pub vhost: Arc<Vhost>,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    pub consumer_cancel_notify: bool,
+}
+
+/// What the handshake settled.
+struct Negotiated {
+    user: Arc<str>,
+    pub vhost: Arc<Vhost>,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    pub consumer_cancel_notify: bool,
+}
+
+struct Handshake<'a> {
+    shared: &'a BrokerShared,
+    reader: OwnedReadHalf,
+    buf: BytesMut,
+    writer: &'a mpsc::UnboundedSender<Batch>,
+}
+
+enum Fail {
+    /// Close the socket without a word.
+    Silent,
+    /// Send connection.close with this code and text, then close.
+    Close(ReplyCode, String, u16, u16),
+}
+
+/// Runs the handshake; None when the connection was refused or dropped (already answered).
+pub(super) async fn run(
+    shared: &BrokerShared,
+    reader: OwnedReadHalf,
+    writer: &mpsc::UnboundedSender<Batch>,
+    peer: SocketAddr,
+) -> Option<Opened> {
+    let mut h = Handshake {
+        shared,
+        reader,
+        buf: BytesMut::with_capacity(8192),
+        writer,
+    };
+    let timeout = Duration::from_secs(shared.config.handshake_timeout_secs);
+    match tokio::time::timeout(timeout, h.steps(peer)).await {
+        Ok(Ok(n)) => Some(Opened {
+            reader: h.reader,
+            buf: h.buf,
+            user: n.user,
+            vhost: n.vhost,
+            frame_max: n.frame_max,
+            channel_max: n.channel_max,
+            heartbeat: n.heartbeat,
+            consumer_cancel_notify: n.consumer_cancel_notify,
+        }),
+        Ok(Err(Fail::Silent)) | Err(_) => None,
+        Ok(Err(Fail::Close(code, text, c, m))) => {
+            tracing::info!(%peer, %text, "connection refused");
+            h.send(&method::connection_close(code.code(), &text, c, m));
+            // Give the client a moment to read the close before the socket goes.
+            let _ = tokio::time::timeout(Duration::from_secs(1), h.read_method()).await;
+            None
+        }
+    }
+}
+
+fn capability(client_properties: &FieldTable, name: &str) -> bool {
+    match client_properties.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(t)) => {
+            matches!(t.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
+        _ => false,
+    }
+}
+
+fn server_properties(shared: &BrokerShared) -> FieldTable {
+    let mut caps = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "direct_reply_to",
+    ] {
+        caps.insert(cap.into(), AMQPValue::Boolean(true));
+    }
+    let mut p = FieldTable::default();
+    let s = |v: &str| AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()));
+    p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    p.insert("product".into(), s("Warren"));
+    p.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
+    p.insert("platform".into(), s("Rust"));
+    p.insert("copyright".into(), s("Warren contributors"));
+    p.insert(
+        "information".into(),
+        s("Licensed under the Apache License 2.0"),
+    );
+    p.insert("cluster_name".into(), s(&shared.config.node_name()));
+    p
+}
+
+impl Handshake<'_> {
+    fn send(&self, m: &AMQPClass) {
+        let mut out = BytesMut::new();
+        if encode_method(&mut out, 0, m).is_ok() {
+            let _ = self.writer.send(Batch {
+                data: out.freeze(),
+                written: Vec::new(),
+            });
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<(), Fail> {
+        match self.reader.read_buf(&mut self.buf).await {
+            Ok(0) | Err(_) => Err(Fail::Silent),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Reads the next method on channel 0, skipping heartbeats.
+    async fn read_method(&mut self) -> Result<AMQPClass, Fail> {
+        loop {
+            match decode_frame(&mut self.buf, self.shared.config.frame_max) {
+                Ok(Some(Frame::Method(0, m))) => return Ok(*m),
+                Ok(Some(Frame::Heartbeat(0))) => continue,
+                Ok(Some(other)) => {
+                    return Err(Fail::Close(
+                        ReplyCode::CommandInvalid,
+                        ReplyCode::CommandInvalid.text(format!(
+                            "unexpected frame on channel {} during the handshake",
+                            other.channel()
+                        )),
+                        0,
+                        0,
+                    ))
+                }
+                Ok(None) => self.read_more().await?,
+                Err(e) => return Err(Fail::Close(e.code, e.text, e.class_id, e.method_id)),
+            }
+        }
+    }
+
+    async fn steps(&mut self, peer: SocketAddr) -> Result<Negotiated, Fail> {
+        while self.buf.len() < 8 {
+            self.read_more().await?;
+            // A peer speaking something else (HTTP, AMQP 1.0) gets our header right away.
+            if self.buf.len() < 8 && !PROTOCOL_HEADER.starts_with(&self.buf[..]) {
+                break;
+            }
+        }
+        if self.buf.len() < 8 || &self.buf[..8] != PROTOCOL_HEADER {
+            let _ = self.writer.send(Batch {
+                data: bytes::Bytes::from_static(PROTOCOL_HEADER),
+                written: Vec::new(),
+            });
+            return Err(Fail::Silent);
+        }
+        let _ = self.buf.split_to(8);
+        let cfg = &self.shared.config;
+        self.send(&AMQPClass::Connection(connection::AMQPMethod::Start(
+            connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: server_properties(self.shared),
+                mechanisms: LongString::from(b"PLAIN AMQPLAIN".to_vec()),
+                locales: LongString::from(b"en_US".to_vec()),
+            },
+        )));
+        let start_ok = match self.read_method().await? {
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(s)) => s,
+            other => return Err(unexpected(&other, "connection.start_ok")),
+        };
+        let failure_close = capability(&start_ok.client_properties, "authentication_failure_close");
+        let consumer_cancel_notify =
+            capability(&start_ok.client_properties, "consumer_cancel_notify");
+        let mechanism = start_ok.mechanism.as_str().to_string();
+        if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+            return Err(Fail::Close(
+                ReplyCode::AccessRefused,
+                ReplyCode::AccessRefused.text(format!(
+                    "unsupported authentication mechanism '{mechanism}'"
+                )),
+                10,
+                11,
+            ));
+        }
+        let refused = |detail: String| {
+            tracing::info!(%peer, "{detail}");
+            if failure_close {
+                Fail::Close(
+                    ReplyCode::AccessRefused,
+                    ReplyCode::AccessRefused.text(format!(
+                        "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                    )),
+                    10,
+                    11,
+                )
+            } else {
+                Fail::Silent
+            }
+        };
+        let Some((user, pass)) =
+            crate::auth::parse_response(&mechanism, start_ok.response.as_bytes())
+        else {
+            return Err(refused(format!("malformed {mechanism} response")));
+        };
+        let known = self.shared.with_meta(|m| {
+            m.users
+                .get(&user)
+                .map(|u| crate::auth::verify_password(&u.password_hash, &pass))
+        });
+        match known {
+            None => return Err(refused(format!("user '{user}' - invalid credentials"))),
+            Some(false) => return Err(refused(format!("user '{user}' - invalid credentials"))),
+            Some(true) => {}
+        }
+        if cfg.loopback_users.contains(&user) && !peer.ip().is_loopback() {
+            return Err(refused(format!(
+                "user '{user}' can only connect via localhost"
+            )));
+        }
+        self.send(&AMQPClass::Connection(connection::AMQPMethod::Tune(
+            connection::Tune {
+                channel_max: cfg.channel_max,
+                frame_max: cfg.frame_max,
+                heartbeat: cfg.heartbeat,
+            },
+        )));
+        let tune_ok = match self.read_method().await? {
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(t)) => t,
+            other => return Err(unexpected(&other, "connection.tune_ok")),
+        };
+        let frame_max = if tune_ok.frame_max == 0 {
+            cfg.frame_max
+        } else {
+            tune_ok.frame_max
+        };
+        if frame_max < FRAME_MIN_SIZE {
+            return Err(Fail::Close(
+                ReplyCode::NotAllowed,
+                ReplyCode::NotAllowed
+                    .text(format!("frame_max={frame_max} < {FRAME_MIN_SIZE} min size")),
+                10,
+                31,
+            ));
+        }
+        if frame_max > cfg.frame_max {
+            return Err(Fail::Close(
+                ReplyCode::NotAllowed,
+                ReplyCode::NotAllowed.text(format!(
+                    "frame_max={frame_max} > {} max size",
+                    cfg.frame_max
+                )),
+                10,
+                31,
+            ));
+        }
+        let channel_max = match tune_ok.channel_max {
+            0 => cfg.channel_max,
+            n => n.min(cfg.channel_max),
+        };
+        let open = match self.read_method().await? {
+            AMQPClass::Connection(connection::AMQPMethod::Open(o)) => o,
+            other => return Err(unexpected(&other, "connection.open")),
+        };
+        let vhost_name = open.virtual_host.as_str();
+        let Some(vhost) = self.shared.vhost(vhost_name) else {
+            return Err(Fail::Close(
+                ReplyCode::NotAllowed,
+                ReplyCode::NotAllowed.text(format!("vhost {vhost_name} not found")),
+                10,
+                40,
+            ));
+        };
+        let allowed = self.shared.with_meta(|m| {
+            m.permissions
+                .contains_key(&(user.clone(), vhost_name.to_string()))
+        });
+        if !allowed {
+            return Err(Fail::Close(
+                ReplyCode::NotAllowed,
+                ReplyCode::NotAllowed.text(format!(
+                    "access to vhost '{vhost_name}' refused for user '{user}'"
+                )),
+                10,
+                40,
+            ));
+        }
+        self.send(&AMQPClass::Connection(connection::AMQPMethod::OpenOk(
+            connection::OpenOk {},
+        )));
+        Ok(Negotiated {
+            user: Arc::from(user.as_str()),
+            vhost,
+            frame_max,
+            channel_max,
+            heartbeat: tune_ok.heartbeat,
+            consumer_cancel_notify,
+        })
+    }
+}
+
+fn unexpected(m: &AMQPClass, expected: &str) -> Fail {
+    let (c, id) = method::ids(m);
+    Fail::Close(
+        ReplyCode::CommandInvalid,
+        ReplyCode::CommandInvalid.text(format!(
+            "expected '{expected}', got '{}'",
+            method::name(c, id)
+        )),
+        c,
+        id,
+    )
+}

@@ -1,0 +1,529 @@
+//! A client connection: one task per connection.
+//!
+//! Responsibilities: the protocol header and the handshake (start, SASL, tune, open), the
+//! frame loop that hands channel frames to their channel's state machine, events from queues
+//! (deliveries, confirms, consumer cancellations), heartbeats in both directions,
+//! `connection.close` in both directions, and on exit returning every unacked message and
+//! deleting exclusive queues. Writes go through a separate writer task so that a slow reader
+//! never stops this task from reading.
+
+mod handshake;
+pub mod writer;
+
+use crate::broker::BrokerShared;
+use crate::channel::Channel;
+use crate::delivery::{ChannelFlow, ConnEvent, ConnSender};
+use crate::error::ChannelError;
+use crate::meta::MetaCommand;
+use crate::vhost::Vhost;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use warren_amqp::frame::{decode_frame, encode_heartbeat, encode_method, Frame};
+use warren_amqp::{connection, method, AMQPClass, ReplyCode};
+
+/// What a channel's handlers need from their connection.
+pub struct ConnState {
+    /// The connection's id on this node.
+    pub id: u64,
+    /// The node.
+    pub shared: Arc<BrokerShared>,
+    /// The vhost opened.
+    pub vhost: Arc<Vhost>,
+    /// The authenticated user.
+    pub user: Arc<str>,
+    /// Where queues send this connection's events.
+    pub events: ConnSender,
+    /// Negotiated frame_max.
+    pub frame_max: u32,
+    /// Frames to write at the next flush.
+    pub out: BytesMut,
+    /// Delivery credit to return once `out` is written.
+    pub credits: Vec<(Arc<ChannelFlow>, u32)>,
+    /// The client understands server-sent basic.cancel.
+    pub consumer_cancel_notify: bool,
+    /// Exclusive queues this connection declared, deleted when it closes.
+    pub exclusive_queues: Vec<String>,
+}
+
+impl ConnState {
+    /// Queues a method frame for writing.
+    pub fn send_method(&mut self, channel: u16, m: &AMQPClass) {
+        if let Err(e) = encode_method(&mut self.out, channel, m) {
+            tracing::error!(error = %e, "failed to encode a method frame");
+        }
+    }
+
+    /// Counts a delivery written for `flow` (credit returned after the write).
+    pub fn count_delivery(&mut self, flow: &Arc<ChannelFlow>) {
+        match self.credits.last_mut() {
+            Some((f, n)) if Arc::ptr_eq(f, flow) => *n += 1,
+            _ => self.credits.push((flow.clone(), 1)),
+        }
+    }
+}
+
+/// A channel slot: open, or closed by the server and waiting for the client's close-ok.
+enum Slot {
+    Open(Box<Channel>),
+    Closing,
+}
+
+struct Connection {
+    state: ConnState,
+    reader: OwnedReadHalf,
+    buf: BytesMut,
+    writer: mpsc::UnboundedSender<writer::Batch>,
+    events_rx: mpsc::UnboundedReceiver<ConnEvent>,
+    channels: HashMap<u16, Slot>,
+    channel_max: u16,
+    heartbeat: u16,
+    last_read: Instant,
+    last_write: Instant,
+    next_epoch: u64,
+    /// Set once connection.close was sent: only close-ok (or close) is read after that.
+    closing_since: Option<Instant>,
+}
+
+/// How a connection ended, for the log.
+enum End {
+    ClientClosed,
+    ServerClosed,
+    SocketClosed,
+    Error(String),
+}
+
+/// Serves one client until it disconnects or the node stops.
+pub async fn serve(shared: Arc<BrokerShared>, socket: TcpStream, peer: SocketAddr) {
+    let (reader, write_half) = socket.into_split();
+    let (wtx, wrx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(writer::run(write_half, wrx));
+    let outcome = handshake::run(&shared, reader, &wtx, peer).await;
+    let Some(h) = outcome else {
+        drop(wtx);
+        let _ = writer_task.await;
+        return;
+    };
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let id = shared.next_id();
+    tracing::debug!(%peer, user = %h.user, vhost = %h.vhost.name, "connection opened");
+    let mut conn = Connection {
+        state: ConnState {
+            id,
+            shared: shared.clone(),
+            vhost: h.vhost,
+            user: h.user,
+            events: events_tx,
+            frame_max: h.frame_max,
+            out: BytesMut::with_capacity(16 * 1024),
+            credits: Vec::new(),
+            consumer_cancel_notify: h.consumer_cancel_notify,
+            exclusive_queues: Vec::new(),
+        },
+        reader: h.reader,
+        buf: h.buf,
+        writer: wtx,
+        events_rx,
+        channels: HashMap::new(),
+        channel_max: h.channel_max,
+        heartbeat: h.heartbeat,
+        last_read: Instant::now(),
+        last_write: Instant::now(),
+        next_epoch: 1,
+        closing_since: None,
+    };
+    let end = conn.run().await;
+    match &end {
+        End::Error(e) => tracing::info!(%peer, error = %e, "connection closed"),
+        End::SocketClosed => tracing::debug!(%peer, "client closed the socket"),
+        End::ClientClosed | End::ServerClosed => tracing::debug!(%peer, "connection closed"),
+    }
+    conn.cleanup().await;
+    conn.flush();
+    drop(conn);
+    let _ = writer_task.await;
+}
+
+impl Connection {
+    async fn run(&mut self) -> End {
+        let shutdown = self.state.shared.shutdown.clone();
+        let tick = if self.heartbeat > 0 {
+            Duration::from_millis(u64::from(self.heartbeat) * 500)
+        } else {
+            Duration::from_secs(3600)
+        };
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            if let Some(since) = self.closing_since {
+                if since.elapsed() > Duration::from_secs(3) {
+                    return End::ServerClosed;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if self.closing_since.is_none() => {
+                    self.close_connection(
+                        ReplyCode::ConnectionForced,
+                        "broker forced connection closure with reason 'shutdown'",
+                        0,
+                        0,
+                    );
+                }
+                ev = self.events_rx.recv() => {
+                    if let Some(ev) = ev {
+                        self.handle_event(ev).await;
+                        for _ in 0..512 {
+                            match self.events_rx.try_recv() {
+                                Ok(ev) => self.handle_event(ev).await,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                read = self.reader.read_buf(&mut self.buf) => {
+                    match read {
+                        Ok(0) => return End::SocketClosed,
+                        Ok(_) => {
+                            self.last_read = Instant::now();
+                            if let Some(end) = self.handle_input().await {
+                                self.flush();
+                                return end;
+                            }
+                        }
+                        Err(e) => return End::Error(e.to_string()),
+                    }
+                }
+                _ = tokio::time::sleep_until(next_tick) => {
+                    next_tick = Instant::now() + tick;
+                    if self.heartbeat > 0 {
+                        let hb = Duration::from_secs(u64::from(self.heartbeat));
+                        if self.last_read.elapsed() > hb * 2 {
+                            return End::Error(format!(
+                                "missed heartbeats from client, timeout: {}s",
+                                self.heartbeat
+                            ));
+                        }
+                        if self.last_write.elapsed() >= tick && self.state.out.is_empty() {
+                            encode_heartbeat(&mut self.state.out);
+                        }
+                    }
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.state.out.is_empty() {
+            return;
+        }
+        let data = self.state.out.split().freeze();
+        let written = std::mem::take(&mut self.state.credits);
+        if self.writer.send(writer::Batch { data, written }).is_err() {
+            tracing::debug!("writer gone");
+        }
+        self.last_write = Instant::now();
+    }
+
+    /// Decodes and handles every complete frame in the buffer. Some(end) stops the loop.
+    async fn handle_input(&mut self) -> Option<End> {
+        loop {
+            let frame = match decode_frame(&mut self.buf, self.state.frame_max) {
+                Ok(Some(f)) => f,
+                Ok(None) => return None,
+                Err(e) => {
+                    if self.closing_since.is_some() {
+                        return Some(End::ServerClosed);
+                    }
+                    self.close_connection(e.code, &e.text, e.class_id, e.method_id);
+                    // The rest of the stream cannot be framed: stop reading.
+                    return Some(End::Error(e.text));
+                }
+            };
+            if let Some(end) = self.handle_frame(frame).await {
+                return Some(end);
+            }
+            if self.state.out.len() > 64 * 1024 {
+                self.flush();
+            }
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: Frame) -> Option<End> {
+        let channel = frame.channel();
+        if self.closing_since.is_some() {
+            // After connection.close only close/close-ok matter.
+            if let Frame::Method(0, m) = frame {
+                match *m {
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+                        return Some(End::ServerClosed)
+                    }
+                    AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                        self.state.send_method(
+                            0,
+                            &AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )),
+                        );
+                        return Some(End::ServerClosed);
+                    }
+                    _ => {}
+                }
+            }
+            return None;
+        }
+        if channel == 0 {
+            return self.handle_connection_frame(frame);
+        }
+        let result = match frame {
+            Frame::Heartbeat(_) => Err(ChannelError::new(
+                ReplyCode::FrameError,
+                format!("heartbeat frame on channel {channel}"),
+            )),
+            Frame::Method(_, m) => self.handle_channel_method(channel, *m).await,
+            Frame::Header(_, h) => match self.channels.get_mut(&channel) {
+                Some(Slot::Open(ch)) => ch.handle_header(&mut self.state, h).await,
+                Some(Slot::Closing) => Ok(()),
+                None => Err(unexpected_on_closed(channel)),
+            },
+            Frame::Body(_, b) => match self.channels.get_mut(&channel) {
+                Some(Slot::Open(ch)) => ch.handle_body(&mut self.state, b).await,
+                Some(Slot::Closing) => Ok(()),
+                None => Err(unexpected_on_closed(channel)),
+            },
+        };
+        match result {
+            Ok(()) => None,
+            Err(e) if e.code.is_hard() => {
+                self.close_connection(e.code, &e.text, e.class_id, e.method_id);
+                None
+            }
+            Err(e) => {
+                self.close_channel(channel, e).await;
+                None
+            }
+        }
+    }
+
+    fn handle_connection_frame(&mut self, frame: Frame) -> Option<End> {
+        match frame {
+            Frame::Heartbeat(_) => None,
+            Frame::Method(_, m) => match *m {
+                AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                    self.state.send_method(
+                        0,
+                        &AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )),
+                    );
+                    Some(End::ClientClosed)
+                }
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+                    Some(End::ServerClosed)
+                }
+                AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                    self.state.send_method(
+                        0,
+                        &AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                            connection::UpdateSecretOk {},
+                        )),
+                    );
+                    None
+                }
+                other => {
+                    let (c, m) = method::ids(&other);
+                    self.close_connection(
+                        ReplyCode::CommandInvalid,
+                        &ReplyCode::CommandInvalid.text(format!(
+                            "unexpected method on channel 0: {}",
+                            method::name(c, m)
+                        )),
+                        c,
+                        m,
+                    );
+                    None
+                }
+            },
+            Frame::Header(..) | Frame::Body(..) => {
+                self.close_connection(
+                    ReplyCode::UnexpectedFrame,
+                    &ReplyCode::UnexpectedFrame.text("content frame on channel 0"),
+                    0,
+                    0,
+                );
+                None
+            }
+        }
+    }
+
+    async fn handle_channel_method(
+        &mut self,
+        channel: u16,
+        m: AMQPClass,
+    ) -> Result<(), ChannelError> {
+        let (class_id, method_id) = method::ids(&m);
+        if let AMQPClass::Connection(_) = m {
+            return Err(ChannelError::command_invalid(format!(
+                "connection method {} on channel {channel}",
+                method::name(class_id, method_id)
+            ))
+            .on(class_id, method_id));
+        }
+        match self.channels.get_mut(&channel) {
+            None => match m {
+                AMQPClass::Channel(warren_amqp::channel::AMQPMethod::Open(_)) => {
+                    if channel > self.channel_max {
+                        return Err(ChannelError::new(
+                            ReplyCode::ChannelError,
+                            format!(
+                                "channel number {channel} exceeds channel_max {}",
+                                self.channel_max
+                            ),
+                        )
+                        .on(class_id, method_id));
+                    }
+                    let epoch = self.next_epoch;
+                    self.next_epoch += 1;
+                    let ch = Channel::new(channel, epoch, &self.state);
+                    self.channels.insert(channel, Slot::Open(Box::new(ch)));
+                    self.state.send_method(
+                        channel,
+                        &AMQPClass::Channel(warren_amqp::channel::AMQPMethod::OpenOk(
+                            warren_amqp::channel::OpenOk {},
+                        )),
+                    );
+                    Ok(())
+                }
+                _ => Err(
+                    ChannelError::new(ReplyCode::ChannelError, "expected 'channel.open'")
+                        .on(class_id, method_id),
+                ),
+            },
+            Some(Slot::Closing) => {
+                match m {
+                    AMQPClass::Channel(warren_amqp::channel::AMQPMethod::CloseOk(_)) => {
+                        self.channels.remove(&channel);
+                    }
+                    AMQPClass::Channel(warren_amqp::channel::AMQPMethod::Close(_)) => {
+                        // Both sides closed at once: answer and forget the channel.
+                        self.state.send_method(
+                            channel,
+                            &AMQPClass::Channel(warren_amqp::channel::AMQPMethod::CloseOk(
+                                warren_amqp::channel::CloseOk {},
+                            )),
+                        );
+                        self.channels.remove(&channel);
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
+            Some(Slot::Open(ch)) => match m {
+                AMQPClass::Channel(warren_amqp::channel::AMQPMethod::Open(_)) => Err(
+                    ChannelError::new(ReplyCode::ChannelError, "second 'channel.open' seen")
+                        .on(class_id, method_id),
+                ),
+                AMQPClass::Channel(warren_amqp::channel::AMQPMethod::Close(_)) => {
+                    if let Some(Slot::Open(ch)) = self.channels.remove(&channel) {
+                        ch.close(&mut self.state).await;
+                    }
+                    self.state.send_method(
+                        channel,
+                        &AMQPClass::Channel(warren_amqp::channel::AMQPMethod::CloseOk(
+                            warren_amqp::channel::CloseOk {},
+                        )),
+                    );
+                    Ok(())
+                }
+                AMQPClass::Channel(warren_amqp::channel::AMQPMethod::CloseOk(_)) => Ok(()),
+                m => ch
+                    .handle_method(&mut self.state, m)
+                    .await
+                    .map_err(|e| e.on(class_id, method_id)),
+            },
+        }
+    }
+
+    async fn close_channel(&mut self, channel: u16, e: ChannelError) {
+        if let Some(Slot::Open(ch)) = self.channels.remove(&channel) {
+            ch.close(&mut self.state).await;
+        }
+        self.channels.insert(channel, Slot::Closing);
+        self.state.send_method(
+            channel,
+            &method::channel_close(e.code.code(), &e.text, e.class_id, e.method_id),
+        );
+    }
+
+    fn close_connection(&mut self, code: ReplyCode, text: &str, class_id: u16, method_id: u16) {
+        if self.closing_since.is_some() {
+            return;
+        }
+        self.state.send_method(
+            0,
+            &method::connection_close(code.code(), text, class_id, method_id),
+        );
+        self.closing_since = Some(Instant::now());
+    }
+
+    async fn handle_event(&mut self, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Deliver(d) => {
+                let key = d.channel;
+                match self.channels.get_mut(&key.channel) {
+                    Some(Slot::Open(ch)) if ch.epoch() == key.epoch => {
+                        ch.deliver(&mut self.state, d).await;
+                    }
+                    _ => crate::channel::return_delivery(d).await,
+                }
+            }
+            ConnEvent::Confirm { channel, seq, ok } => {
+                if let Some(Slot::Open(ch)) = self.channels.get_mut(&channel.channel) {
+                    if ch.epoch() == channel.epoch {
+                        ch.confirmed(&mut self.state, seq, ok);
+                    }
+                }
+            }
+            ConnEvent::ConsumerCancelled {
+                channel,
+                consumer_tag,
+            } => {
+                if let Some(Slot::Open(ch)) = self.channels.get_mut(&channel.channel) {
+                    if ch.epoch() == channel.epoch {
+                        ch.consumer_cancelled(&mut self.state, &consumer_tag);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns unacked messages, cancels consumers and deletes exclusive queues.
+    async fn cleanup(&mut self) {
+        for (_, slot) in self.channels.drain() {
+            if let Slot::Open(ch) = slot {
+                ch.close(&mut self.state).await;
+            }
+        }
+        let vhost = self.state.vhost.name.to_string();
+        for name in std::mem::take(&mut self.state.exclusive_queues) {
+            let _ = self.state.shared.execute(MetaCommand::DeleteQueue {
+                vhost: vhost.clone(),
+                name,
+            });
+        }
+    }
+}
+
+fn unexpected_on_closed(channel: u16) -> ChannelError {
+    ChannelError::new(
+        ReplyCode::ChannelError,
+        format!("expected 'channel.open' on channel {channel}"),
+    )
+}

@@ -1,0 +1,670 @@
+//! Definitions: the replicated state machine every definition change goes through.
+//!
+//! A `MetaCommand` (declare an exchange, bind a queue, add a user...) is applied by one
+//! deterministic function, [`Metadata::apply`], to the in-memory [`Metadata`] model. It
+//! validates against the current state (equivalence, existence, if-unused) and returns the
+//! [`Change`]s the node's runtime then reacts to (spawn a queue actor, rebuild an exchange's
+//! routing). On one node commands are applied in arrival order; in a cluster the same commands
+//! are applied on every node in the order a replicated log fixes. Nothing else writes
+//! definitions.
+
+use crate::error::ChannelError;
+use std::collections::BTreeMap;
+use warren_amqp::{AMQPValue, FieldTable};
+
+/// The exchange types Warren implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExchangeKind {
+    /// Routes on exact routing key.
+    Direct,
+    /// Routes to every binding.
+    Fanout,
+    /// Routes on `*`/`#` patterns.
+    Topic,
+    /// Routes on header values.
+    Headers,
+}
+
+impl ExchangeKind {
+    /// The type name clients use in `exchange.declare`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+
+    /// Parses a type name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "direct" => Some(ExchangeKind::Direct),
+            "fanout" => Some(ExchangeKind::Fanout),
+            "topic" => Some(ExchangeKind::Topic),
+            "headers" => Some(ExchangeKind::Headers),
+            _ => None,
+        }
+    }
+}
+
+/// An exchange's definition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExchangeDef {
+    /// Its name ("" is the default exchange).
+    pub name: String,
+    /// Its type.
+    pub kind: ExchangeKind,
+    /// Survives a restart.
+    pub durable: bool,
+    /// Deleted when its last binding (as a source) goes.
+    pub auto_delete: bool,
+    /// Clients may not publish to it directly.
+    pub internal: bool,
+    /// Declare arguments.
+    pub arguments: FieldTable,
+}
+
+/// A queue's definition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueDef {
+    /// Its name.
+    pub name: String,
+    /// Survives a restart.
+    pub durable: bool,
+    /// The connection that owns it, for exclusive queues.
+    pub exclusive_owner: Option<u64>,
+    /// Deleted when its last consumer goes (after it had one).
+    pub auto_delete: bool,
+    /// Declare arguments.
+    pub arguments: FieldTable,
+}
+
+/// What a binding points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DestinationKind {
+    /// A queue.
+    Queue,
+    /// An exchange (exchange-to-exchange binding).
+    Exchange,
+}
+
+/// A binding from a source exchange to a queue or exchange.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BindingDef {
+    /// The source exchange.
+    pub source: String,
+    /// Queue or exchange.
+    pub destination_kind: DestinationKind,
+    /// The destination's name.
+    pub destination: String,
+    /// The binding key.
+    pub routing_key: String,
+    /// Binding arguments (headers exchanges match on them).
+    pub arguments: FieldTable,
+}
+
+/// A user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserDef {
+    /// The user name.
+    pub name: String,
+    /// RabbitMQ-format password hash (base64 of salt ++ sha256(salt ++ password)).
+    pub password_hash: String,
+    /// Tags such as `administrator`.
+    pub tags: Vec<String>,
+}
+
+/// A user's permissions in one vhost: regular expressions over resource names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Permission {
+    /// Which resources the user may declare and delete.
+    pub configure: String,
+    /// Which resources the user may publish to.
+    pub write: String,
+    /// Which resources the user may consume from.
+    pub read: String,
+}
+
+/// A definition change.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum MetaCommand {
+    /// Create a vhost with its predeclared exchanges.
+    AddVhost {
+        /// The vhost's name.
+        name: String,
+    },
+    /// Delete a vhost and everything in it.
+    DeleteVhost {
+        /// The vhost's name.
+        name: String,
+    },
+    /// Create or replace a user.
+    PutUser(UserDef),
+    /// Set a user's permissions in a vhost.
+    SetPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// The permission patterns.
+        permission: Permission,
+    },
+    /// Declare an exchange (idempotent when equivalent).
+    DeclareExchange {
+        /// The vhost.
+        vhost: String,
+        /// The definition.
+        def: ExchangeDef,
+    },
+    /// Delete an exchange and the bindings to and from it.
+    DeleteExchange {
+        /// The vhost.
+        vhost: String,
+        /// The exchange.
+        name: String,
+        /// Refuse if the exchange is the source of a binding.
+        if_unused: bool,
+    },
+    /// Declare a queue (idempotent when equivalent).
+    DeclareQueue {
+        /// The vhost.
+        vhost: String,
+        /// The definition.
+        def: QueueDef,
+    },
+    /// Delete a queue and its bindings.
+    DeleteQueue {
+        /// The vhost.
+        vhost: String,
+        /// The queue.
+        name: String,
+    },
+    /// Add a binding (idempotent).
+    Bind {
+        /// The vhost.
+        vhost: String,
+        /// The binding.
+        binding: BindingDef,
+    },
+    /// Remove a binding (a missing one is not an error).
+    Unbind {
+        /// The vhost.
+        vhost: String,
+        /// The binding.
+        binding: BindingDef,
+    },
+}
+
+/// What applying a command changed, for the runtime to act on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// A vhost was created.
+    VhostAdded(String),
+    /// A vhost was deleted.
+    VhostRemoved(String),
+    /// An exchange was created, or its bindings changed: rebuild its routing.
+    ExchangeChanged {
+        /// The vhost.
+        vhost: String,
+        /// The exchange.
+        name: String,
+    },
+    /// An exchange was deleted.
+    ExchangeRemoved {
+        /// The vhost.
+        vhost: String,
+        /// The exchange.
+        name: String,
+    },
+    /// A queue was created.
+    QueueAdded {
+        /// The vhost.
+        vhost: String,
+        /// The definition.
+        def: QueueDef,
+    },
+    /// A queue was deleted.
+    QueueRemoved {
+        /// The vhost.
+        vhost: String,
+        /// The queue.
+        name: String,
+    },
+}
+
+type BindingKey = (String, DestinationKind, String, String, Vec<u8>);
+
+/// One vhost's definitions.
+#[derive(Clone, Debug, Default)]
+pub struct VhostMeta {
+    /// Exchanges by name.
+    pub exchanges: BTreeMap<String, ExchangeDef>,
+    /// Queues by name.
+    pub queues: BTreeMap<String, QueueDef>,
+    /// Bindings ordered by source exchange.
+    bindings: BTreeMap<BindingKey, BindingDef>,
+}
+
+impl VhostMeta {
+    /// Bindings whose source is `exchange`.
+    pub fn bindings_from<'a>(&'a self, exchange: &str) -> impl Iterator<Item = &'a BindingDef> {
+        let start: BindingKey = (
+            exchange.to_string(),
+            DestinationKind::Queue,
+            String::new(),
+            String::new(),
+            Vec::new(),
+        );
+        let exchange = exchange.to_string();
+        self.bindings
+            .range(start..)
+            .take_while(move |(k, _)| k.0 == exchange)
+            .map(|(_, b)| b)
+    }
+
+    /// Every binding.
+    pub fn bindings(&self) -> impl Iterator<Item = &BindingDef> {
+        self.bindings.values()
+    }
+
+    fn has_binding_from(&self, exchange: &str) -> bool {
+        self.bindings_from(exchange).next().is_some()
+    }
+}
+
+/// All definitions of a node (or cluster).
+#[derive(Clone, Debug, Default)]
+pub struct Metadata {
+    /// Vhosts by name.
+    pub vhosts: BTreeMap<String, VhostMeta>,
+    /// Users by name.
+    pub users: BTreeMap<String, UserDef>,
+    /// Permissions by (user, vhost).
+    pub permissions: BTreeMap<(String, String), Permission>,
+}
+
+/// The exchanges every vhost has.
+pub const PREDECLARED: &[(&str, ExchangeKind)] = &[
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+fn binding_key(b: &BindingDef) -> BindingKey {
+    (
+        b.source.clone(),
+        b.destination_kind,
+        b.destination.clone(),
+        b.routing_key.clone(),
+        crate::args::table_bytes(&b.arguments),
+    )
+}
+
+impl Metadata {
+    /// Applies a command, returning what changed or the error a client should see.
+    pub fn apply(&mut self, cmd: MetaCommand) -> Result<Vec<Change>, ChannelError> {
+        match cmd {
+            MetaCommand::AddVhost { name } => {
+                if self.vhosts.contains_key(&name) {
+                    return Ok(vec![]);
+                }
+                let mut vh = VhostMeta::default();
+                let mut changes = vec![Change::VhostAdded(name.clone())];
+                for (x, kind) in PREDECLARED {
+                    vh.exchanges.insert(
+                        x.to_string(),
+                        ExchangeDef {
+                            name: x.to_string(),
+                            kind: *kind,
+                            durable: true,
+                            auto_delete: false,
+                            internal: false,
+                            arguments: FieldTable::default(),
+                        },
+                    );
+                    changes.push(Change::ExchangeChanged {
+                        vhost: name.clone(),
+                        name: x.to_string(),
+                    });
+                }
+                self.vhosts.insert(name, vh);
+                Ok(changes)
+            }
+            MetaCommand::DeleteVhost { name } => {
+                let Some(vh) = self.vhosts.remove(&name) else {
+                    return Err(ChannelError::new(
+                        warren_amqp::ReplyCode::NotFound,
+                        format!("vhost '{name}' does not exist"),
+                    ));
+                };
+                self.permissions.retain(|(_, v), _| *v != name);
+                let mut changes: Vec<Change> = vh
+                    .queues
+                    .keys()
+                    .map(|q| Change::QueueRemoved {
+                        vhost: name.clone(),
+                        name: q.clone(),
+                    })
+                    .collect();
+                changes.push(Change::VhostRemoved(name));
+                Ok(changes)
+            }
+            MetaCommand::PutUser(user) => {
+                self.users.insert(user.name.clone(), user);
+                Ok(vec![])
+            }
+            MetaCommand::SetPermissions {
+                user,
+                vhost,
+                permission,
+            } => {
+                if !self.users.contains_key(&user) {
+                    return Err(ChannelError::new(
+                        warren_amqp::ReplyCode::NotFound,
+                        format!("user '{user}' does not exist"),
+                    ));
+                }
+                if !self.vhosts.contains_key(&vhost) {
+                    return Err(ChannelError::new(
+                        warren_amqp::ReplyCode::NotFound,
+                        format!("vhost '{vhost}' does not exist"),
+                    ));
+                }
+                self.permissions.insert((user, vhost), permission);
+                Ok(vec![])
+            }
+            MetaCommand::DeclareExchange { vhost, def } => {
+                let vh = self.vhost_mut(&vhost)?;
+                if let Some(existing) = vh.exchanges.get(&def.name) {
+                    check_exchange_equivalent(&vhost, existing, &def)?;
+                    return Ok(vec![]);
+                }
+                let name = def.name.clone();
+                vh.exchanges.insert(name.clone(), def);
+                Ok(vec![Change::ExchangeChanged { vhost, name }])
+            }
+            MetaCommand::DeleteExchange {
+                vhost,
+                name,
+                if_unused,
+            } => {
+                let vh = self.vhost_mut(&vhost)?;
+                if !vh.exchanges.contains_key(&name) {
+                    return Err(ChannelError::no_exchange(&vhost, &name));
+                }
+                if if_unused && vh.has_binding_from(&name) {
+                    return Err(ChannelError::precondition(format!(
+                        "exchange '{name}' in vhost '{vhost}' in use"
+                    )));
+                }
+                Ok(remove_exchange(vh, &vhost, &name))
+            }
+            MetaCommand::DeclareQueue { vhost, def } => {
+                let vh = self.vhost_mut(&vhost)?;
+                if let Some(existing) = vh.queues.get(&def.name) {
+                    check_queue_equivalent(&vhost, existing, &def)?;
+                    return Ok(vec![]);
+                }
+                vh.queues.insert(def.name.clone(), def.clone());
+                Ok(vec![Change::QueueAdded { vhost, def }])
+            }
+            MetaCommand::DeleteQueue { vhost, name } => {
+                let vh = self.vhost_mut(&vhost)?;
+                if vh.queues.remove(&name).is_none() {
+                    return Err(ChannelError::no_queue(&vhost, &name));
+                }
+                let mut changes = remove_bindings_to(vh, &vhost, DestinationKind::Queue, &name);
+                changes.insert(0, Change::QueueRemoved { vhost, name });
+                Ok(changes)
+            }
+            MetaCommand::Bind { vhost, binding } => {
+                let vh = self.vhost_mut(&vhost)?;
+                check_binding_ends(vh, &vhost, &binding)?;
+                let key = binding_key(&binding);
+                let source = binding.source.clone();
+                if vh.bindings.insert(key, binding).is_some() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Change::ExchangeChanged {
+                    vhost,
+                    name: source,
+                }])
+            }
+            MetaCommand::Unbind { vhost, binding } => {
+                let vh = self.vhost_mut(&vhost)?;
+                check_binding_ends(vh, &vhost, &binding)?;
+                let key = binding_key(&binding);
+                if vh.bindings.remove(&key).is_none() {
+                    return Ok(vec![]);
+                }
+                let source = binding.source;
+                let mut changes = vec![Change::ExchangeChanged {
+                    vhost: vhost.clone(),
+                    name: source.clone(),
+                }];
+                changes.extend(auto_delete_exchange(vh, &vhost, &source));
+                Ok(changes)
+            }
+        }
+    }
+
+    fn vhost_mut(&mut self, vhost: &str) -> Result<&mut VhostMeta, ChannelError> {
+        self.vhosts.get_mut(vhost).ok_or_else(|| {
+            ChannelError::new(
+                warren_amqp::ReplyCode::NotFound,
+                format!("vhost '{vhost}' does not exist"),
+            )
+        })
+    }
+}
+
+fn check_binding_ends(vh: &VhostMeta, vhost: &str, b: &BindingDef) -> Result<(), ChannelError> {
+    if b.source.is_empty()
+        || (b.destination_kind == DestinationKind::Exchange && b.destination.is_empty())
+    {
+        return Err(ChannelError::access_refused(
+            "operation not permitted on the default exchange",
+        ));
+    }
+    match b.destination_kind {
+        DestinationKind::Queue if !vh.queues.contains_key(&b.destination) => {
+            return Err(ChannelError::no_queue(vhost, &b.destination))
+        }
+        DestinationKind::Exchange if !vh.exchanges.contains_key(&b.destination) => {
+            return Err(ChannelError::no_exchange(vhost, &b.destination))
+        }
+        _ => {}
+    }
+    if !vh.exchanges.contains_key(&b.source) {
+        return Err(ChannelError::no_exchange(vhost, &b.source));
+    }
+    Ok(())
+}
+
+/// Removes an exchange, every binding from or to it, and any auto-delete exchange left
+/// without bindings by that.
+fn remove_exchange(vh: &mut VhostMeta, vhost: &str, name: &str) -> Vec<Change> {
+    vh.exchanges.remove(name);
+    let from: Vec<BindingKey> = vh
+        .bindings
+        .keys()
+        .filter(|k| k.0 == name)
+        .cloned()
+        .collect();
+    for k in from {
+        vh.bindings.remove(&k);
+    }
+    let mut changes = vec![Change::ExchangeRemoved {
+        vhost: vhost.to_string(),
+        name: name.to_string(),
+    }];
+    changes.extend(remove_bindings_to(
+        vh,
+        vhost,
+        DestinationKind::Exchange,
+        name,
+    ));
+    changes
+}
+
+fn remove_bindings_to(
+    vh: &mut VhostMeta,
+    vhost: &str,
+    kind: DestinationKind,
+    name: &str,
+) -> Vec<Change> {
+    let to: Vec<BindingKey> = vh
+        .bindings
+        .keys()
+        .filter(|k| k.1 == kind && k.2 == name)
+        .cloned()
+        .collect();
+    let mut sources: Vec<String> = Vec::new();
+    for k in to {
+        vh.bindings.remove(&k);
+        if !sources.contains(&k.0) {
+            sources.push(k.0);
+        }
+    }
+    let mut changes = Vec::new();
+    for source in sources {
+        if !vh.exchanges.contains_key(&source) {
+            continue;
+        }
+        changes.push(Change::ExchangeChanged {
+            vhost: vhost.to_string(),
+            name: source.clone(),
+        });
+        changes.extend(auto_delete_exchange(vh, vhost, &source));
+    }
+    changes
+}
+
+fn auto_delete_exchange(vh: &mut VhostMeta, vhost: &str, name: &str) -> Vec<Change> {
+    let auto = vh.exchanges.get(name).is_some_and(|x| x.auto_delete);
+    if auto && !vh.has_binding_from(name) {
+        remove_exchange(vh, vhost, name)
+    } else {
+        Vec::new()
+    }
+}
+
+fn inequivalent(
+    what: &str,
+    name: &str,
+    vhost: &str,
+    arg: &str,
+    received: impl std::fmt::Display,
+    current: impl std::fmt::Display,
+) -> ChannelError {
+    ChannelError::precondition(format!(
+        "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"
+    ))
+}
+
+fn check_exchange_equivalent(
+    vhost: &str,
+    cur: &ExchangeDef,
+    new: &ExchangeDef,
+) -> Result<(), ChannelError> {
+    let n = &cur.name;
+    if cur.kind != new.kind {
+        return Err(inequivalent(
+            "exchange",
+            n,
+            vhost,
+            "type",
+            new.kind.name(),
+            cur.kind.name(),
+        ));
+    }
+    if cur.durable != new.durable {
+        return Err(inequivalent(
+            "exchange",
+            n,
+            vhost,
+            "durable",
+            new.durable,
+            cur.durable,
+        ));
+    }
+    if cur.auto_delete != new.auto_delete {
+        return Err(inequivalent(
+            "exchange",
+            n,
+            vhost,
+            "auto_delete",
+            new.auto_delete,
+            cur.auto_delete,
+        ));
+    }
+    if cur.internal != new.internal {
+        return Err(inequivalent(
+            "exchange",
+            n,
+            vhost,
+            "internal",
+            new.internal,
+            cur.internal,
+        ));
+    }
+    crate::args::check_equivalent_args(
+        "exchange",
+        n,
+        vhost,
+        &cur.arguments,
+        &new.arguments,
+        crate::args::EXCHANGE_ARGS,
+    )
+}
+
+fn check_queue_equivalent(vhost: &str, cur: &QueueDef, new: &QueueDef) -> Result<(), ChannelError> {
+    let n = &cur.name;
+    if cur.durable != new.durable {
+        return Err(inequivalent(
+            "queue",
+            n,
+            vhost,
+            "durable",
+            new.durable,
+            cur.durable,
+        ));
+    }
+    if cur.exclusive_owner.is_some() != new.exclusive_owner.is_some()
+        || cur.exclusive_owner != new.exclusive_owner
+    {
+        return Err(ChannelError::locked(vhost, n));
+    }
+    if cur.auto_delete != new.auto_delete {
+        return Err(inequivalent(
+            "queue",
+            n,
+            vhost,
+            "auto_delete",
+            new.auto_delete,
+            cur.auto_delete,
+        ));
+    }
+    crate::args::check_equivalent_args(
+        "queue",
+        n,
+        vhost,
+        &cur.arguments,
+        &new.arguments,
+        crate::args::QUEUE_ARGS,
+    )
+}
+
+/// A string argument's value, if it is a string.
+pub fn string_arg<'a>(args: &'a FieldTable, key: &str) -> Option<&'a str> {
+    match args.inner().get(key)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}

@@ -1,0 +1,231 @@
+//! Queues: one actor task per queue owns its messages and consumers; everything else talks
+//! to it through a cheap-to-clone [`QueueHandle`]. A queue on another node will implement the
+//! same handle API by forwarding over the distribution link.
+
+mod actor;
+
+use crate::delivery::{ChannelKey, ChannelRef};
+use crate::error::ChannelError;
+use crate::message::Message;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use actor::spawn;
+
+/// Capacity of a queue's inbox: publishers wait when a queue falls this far behind.
+pub const INBOX_CAPACITY: usize = 4096;
+
+/// A consumer as registered with a queue.
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    /// The consumer tag.
+    pub tag: Arc<str>,
+    /// The consumer's channel.
+    pub channel: ChannelRef,
+    /// Deliveries need no ack.
+    pub no_ack: bool,
+    /// No other consumer may use the queue.
+    pub exclusive: bool,
+    /// Most unacked deliveries to this consumer (0: no limit).
+    pub prefetch: u32,
+}
+
+/// A publish handed to a queue, with where to send its confirm.
+#[derive(Debug)]
+pub struct Publish {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// The channel and sequence number to confirm to, in confirm mode.
+    pub confirm: Option<(ChannelRef, u64)>,
+}
+
+/// What to do with settled deliveries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Acked: forget them.
+    Ack,
+    /// Rejected with requeue: back in place, marked redelivered.
+    Requeue,
+    /// Rejected without requeue: drop them.
+    Discard,
+    /// Never reached the client (consumer gone): back in place, flags unchanged.
+    Return,
+}
+
+/// A message taken with basic.get.
+#[derive(Debug)]
+pub struct GetOk {
+    /// The message's id within the queue.
+    pub msg_id: u64,
+    /// The message.
+    pub msg: Arc<Message>,
+    /// True if it was delivered before.
+    pub redelivered: bool,
+    /// Messages left ready in the queue.
+    pub remaining: u32,
+}
+
+pub(crate) enum QueueCmd {
+    Publish(Publish),
+    Consume(ConsumerSpec, oneshot::Sender<Result<(), ChannelError>>),
+    Cancel(ChannelKey, Arc<str>),
+    Settle(ChannelKey, Vec<u64>, Settle),
+    ChannelClosed(ChannelKey),
+    Get(ChannelKey, bool, oneshot::Sender<Option<GetOk>>),
+    Purge(oneshot::Sender<u32>),
+    CheckDelete(bool, bool, oneshot::Sender<Result<u32, ChannelError>>),
+    Stats(oneshot::Sender<(u32, u32)>),
+    Wake,
+}
+
+struct Inner {
+    name: Arc<str>,
+    vhost: Arc<str>,
+    exclusive_owner: Option<u64>,
+    tx: mpsc::Sender<QueueCmd>,
+    stop: CancellationToken,
+}
+
+/// A handle to a queue actor.
+#[derive(Clone)]
+pub struct QueueHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for QueueHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QueueHandle({}/{})", self.inner.vhost, self.inner.name)
+    }
+}
+
+fn gone(handle: &QueueHandle) -> ChannelError {
+    ChannelError::no_queue(&handle.inner.vhost, &handle.inner.name)
+}
+
+impl QueueHandle {
+    /// The queue's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.inner.name
+    }
+
+    /// The queue's vhost.
+    pub fn vhost(&self) -> &Arc<str> {
+        &self.inner.vhost
+    }
+
+    /// The connection owning an exclusive queue.
+    pub fn exclusive_owner(&self) -> Option<u64> {
+        self.inner.exclusive_owner
+    }
+
+    /// True when both handles are the same queue incarnation.
+    pub fn same(&self, other: &QueueHandle) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Checks that `connection` may use this queue (405 if another connection owns it).
+    pub fn check_access(&self, connection: u64) -> Result<(), ChannelError> {
+        match self.inner.exclusive_owner {
+            Some(owner) if owner != connection => {
+                Err(ChannelError::locked(&self.inner.vhost, &self.inner.name))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands a message to the queue, waiting while its inbox is full. Returns false if the
+    /// queue is gone.
+    pub async fn publish(&self, publish: Publish) -> bool {
+        self.inner.tx.send(QueueCmd::Publish(publish)).await.is_ok()
+    }
+
+    /// Registers a consumer.
+    pub async fn consume(&self, spec: ConsumerSpec) -> Result<(), ChannelError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(QueueCmd::Consume(spec, tx))
+            .await
+            .map_err(|_| gone(self))?;
+        rx.await.map_err(|_| gone(self))?
+    }
+
+    /// Removes a consumer.
+    pub async fn cancel(&self, channel: ChannelKey, tag: Arc<str>) {
+        let _ = self.inner.tx.send(QueueCmd::Cancel(channel, tag)).await;
+    }
+
+    /// Acks, rejects or returns deliveries of a channel.
+    pub async fn settle(&self, channel: ChannelKey, ids: Vec<u64>, how: Settle) {
+        let _ = self
+            .inner
+            .tx
+            .send(QueueCmd::Settle(channel, ids, how))
+            .await;
+    }
+
+    /// Requeues every unacked delivery of a channel and forgets its consumers (channel
+    /// closed).
+    pub async fn channel_closed(&self, channel: ChannelKey) {
+        let _ = self.inner.tx.send(QueueCmd::ChannelClosed(channel)).await;
+    }
+
+    /// Takes one message (basic.get).
+    pub async fn get(
+        &self,
+        channel: ChannelKey,
+        no_ack: bool,
+    ) -> Result<Option<GetOk>, ChannelError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(QueueCmd::Get(channel, no_ack, tx))
+            .await
+            .map_err(|_| gone(self))?;
+        rx.await.map_err(|_| gone(self))
+    }
+
+    /// Drops every ready message; returns how many.
+    pub async fn purge(&self) -> Result<u32, ChannelError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(QueueCmd::Purge(tx))
+            .await
+            .map_err(|_| gone(self))?;
+        rx.await.map_err(|_| gone(self))
+    }
+
+    /// Checks queue.delete's if-unused / if-empty; returns the message count.
+    pub async fn check_delete(&self, if_unused: bool, if_empty: bool) -> Result<u32, ChannelError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(QueueCmd::CheckDelete(if_unused, if_empty, tx))
+            .await
+            .map_err(|_| gone(self))?;
+        rx.await.map_err(|_| gone(self))?
+    }
+
+    /// Ready messages and consumers.
+    pub async fn stats(&self) -> Result<(u32, u32), ChannelError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(QueueCmd::Stats(tx))
+            .await
+            .map_err(|_| gone(self))?;
+        rx.await.map_err(|_| gone(self))
+    }
+
+    /// Asks the queue to try delivering again (credit came back).
+    pub fn wake(&self) {
+        let _ = self.inner.tx.try_send(QueueCmd::Wake);
+    }
+
+    /// Stops the actor: consumers are cancelled, messages dropped.
+    pub(crate) fn stop(&self) {
+        self.inner.stop.cancel();
+    }
+}

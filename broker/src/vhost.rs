@@ -1,0 +1,103 @@
+//! A vhost at run time: its routing snapshot (exchanges compiled for routing, and the queue
+//! handles), swapped whole when definitions change and read without locks on every publish.
+
+use crate::exchange::{Dest, ExchangeRoute};
+use crate::message::Message;
+use crate::queue::QueueHandle;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What publishers read: every exchange's routing table and every queue's handle.
+#[derive(Clone, Default)]
+pub struct Routes {
+    /// Exchanges by name.
+    pub exchanges: HashMap<Arc<str>, Arc<ExchangeRoute>>,
+    /// Queues by name.
+    pub queues: HashMap<Arc<str>, QueueHandle>,
+}
+
+/// A vhost's run-time state.
+pub struct Vhost {
+    /// The vhost's name.
+    pub name: Arc<str>,
+    /// The routing snapshot. `ArcSwap`: publishers load it lock-free; the one writer (the
+    /// definitions apply path, which is serialized) stores a modified copy.
+    routes: ArcSwap<Routes>,
+}
+
+/// Most exchange-to-exchange hops a message follows (a guard; cycles are cut anyway).
+const MAX_HOPS: usize = 64;
+
+impl Vhost {
+    /// A vhost with nothing in it.
+    pub fn new(name: &str) -> Self {
+        Vhost {
+            name: Arc::from(name),
+            routes: ArcSwap::from_pointee(Routes::default()),
+        }
+    }
+
+    /// The current routing snapshot.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.load_full()
+    }
+
+    /// Replaces the routing snapshot (definitions apply path only).
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Routes)) {
+        let mut routes = Routes::clone(&self.routes.load());
+        f(&mut routes);
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// A queue's handle.
+    pub fn queue(&self, name: &str) -> Option<QueueHandle> {
+        self.routes.load().queues.get(name).cloned()
+    }
+
+    /// Routes a message from `exchange` to the queues it reaches, each queue once, following
+    /// exchange-to-exchange bindings (cycles are cut).
+    pub fn route(
+        routes: &Routes,
+        exchange: &ExchangeRoute,
+        msg: &Message,
+        out: &mut Vec<QueueHandle>,
+    ) {
+        let mut headers_cache: Option<Option<warren_amqp::FieldTable>> = None;
+        let mut headers = || {
+            headers_cache
+                .get_or_insert_with(|| msg.properties.parse().headers().clone())
+                .clone()
+        };
+        if exchange.name.is_empty() {
+            if let Some(q) = routes.queues.get(&*msg.routing_key) {
+                out.push(q.clone());
+            }
+            return;
+        }
+        let mut dests = Vec::new();
+        exchange.route(&msg.routing_key, &mut headers, &mut dests);
+        let mut visited: Vec<Arc<str>> = vec![exchange.name.clone()];
+        let mut i = 0;
+        while i < dests.len() {
+            match &dests[i] {
+                Dest::Queue(name) => {
+                    if let Some(q) = routes.queues.get(name) {
+                        if !out.iter().any(|o| o.same(q)) {
+                            out.push(q.clone());
+                        }
+                    }
+                }
+                Dest::Exchange(name) => {
+                    if !visited.contains(name) && visited.len() < MAX_HOPS {
+                        visited.push(name.clone());
+                        if let Some(x) = routes.exchanges.get(name) {
+                            x.route(&msg.routing_key, &mut headers, &mut dests);
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+}
