@@ -120,9 +120,13 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     }
     let total = size as u64 + FRAME_OVERHEAD as u64;
     if frame_max != 0 && total > frame_max as u64 {
+        // RabbitMQ's text: the payload size against frame_max less the frame overhead.
         return Err(FrameError::new(
             ReplyCode::FrameError,
-            format!("frame size {total} exceeds the negotiated maximum {frame_max}"),
+            format!(
+                "type {frame_type}, all octets = <<>>: {{frame_too_large,{size},{}}}",
+                (frame_max as usize).saturating_sub(FRAME_OVERHEAD)
+            ),
         ));
     }
     let total = total as usize;
@@ -170,6 +174,19 @@ pub fn method_ids(payload: &[u8]) -> Option<(u16, u16)> {
 }
 
 fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, FrameError> {
+    // amq-protocol drops basic.qos's prefetch-size; RabbitMQ refuses a non-zero one.
+    if let (Some((60, 10)), Some(size)) = (method_ids(payload), payload.get(4..8)) {
+        let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]);
+        if size != 0 {
+            let mut err = FrameError::new(
+                ReplyCode::NotImplemented,
+                format!("prefetch_size!=0 ({size})"),
+            );
+            err.class_id = 60;
+            err.method_id = 10;
+            return Err(err);
+        }
+    }
     let Some((class_id, method_id)) = method_ids(payload) else {
         return Err(FrameError::new(
             ReplyCode::FrameError,

@@ -25,6 +25,7 @@ pub use reply::ReplyCode;
 
 /// Low-level wire encoders and decoders of amq-protocol, for field tables and values.
 pub mod wire {
+    pub use crate::tables::field_table_within_limit;
     pub use amq_protocol::frame::WriteContext;
     pub use amq_protocol::types::generation::{gen_field_table, gen_value};
     pub use amq_protocol::types::parsing::{parse_field_table, parse_value};

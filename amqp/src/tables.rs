@@ -11,8 +11,10 @@
 use crate::frame::method_ids;
 
 /// How many tables and arrays may enclose each other in one field table, counting the
-/// outermost table (RabbitMQ's own `x-death` headers use 3).
-pub(crate) const MAX_NESTING: usize = 64;
+/// outermost table. RabbitMQ's own `x-death` headers use 4 (headers, array, table, array);
+/// amq-protocol's parser takes up to 15 KiB of stack per level in a debug build, so 32
+/// levels stay well inside a 2 MiB task stack.
+pub(crate) const MAX_NESTING: usize = 32;
 
 /// Why an encoded field table is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,13 @@ pub(crate) fn check_method(payload: &[u8]) -> Result<(), TableError> {
         rest = rest.get(len..).ok_or(TableError::Malformed)?;
     }
     skip_nested(rest, 1, true).map(|_| ())
+}
+
+/// True unless the field table at the front of `bytes` (its 32-bit length first) nests
+/// tables and arrays deeper than frames may. amq-protocol's `parse_field_table` recurses once
+/// per level: check bytes from a peer with this first.
+pub fn field_table_within_limit(bytes: &[u8]) -> bool {
+    skip_nested(bytes, 1, true) != Err(TableError::TooDeep)
 }
 
 /// Checks the headers table of encoded basic properties (flags then values), if present.

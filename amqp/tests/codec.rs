@@ -18,6 +18,8 @@ use warren_amqp::{
 
 /// The frame_max RabbitMQ negotiates by default.
 const FRAME_MAX: u32 = 131_072;
+/// How deep Warren lets field tables and arrays nest, counting the outermost table.
+const MAX_NESTING: usize = 32;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -1198,7 +1200,10 @@ fn oversized_frame_is_refused_before_its_payload_arrives() {
                 // Seven bytes, no payload: refused at once.
                 let err = decode_error(&header, frame_max);
                 assert_error(&err, ReplyCode::FrameError, 0, 0);
-                assert!(err.text.contains("exceeds"), "{err}");
+                assert!(
+                    err.text.contains(&format!("{{frame_too_large,{size},")),
+                    "{err}"
+                );
             }
         }
     }
@@ -1555,17 +1560,17 @@ fn deeply_nested_method_tables_are_refused_without_overflowing_the_stack() {
     // Thousands of nested tables fit in one small frame; parsing them recursively would
     // overflow the decoding thread's stack and abort the broker.
     for first_array in [false, true] {
-        for depth in [65, 1_000, 20_000] {
+        for depth in [MAX_NESTING + 1, 1_000, 20_000] {
             let payload = consume_payload(&nested_table_bytes(depth, first_array));
             assert!(payload.len() < FRAME_MAX as usize);
             let err = decode_error(&raw_frame(FRAME_METHOD, 1, &payload), FRAME_MAX);
             assert_error(&err, ReplyCode::SyntaxError, 60, 20);
             assert!(err.text.contains("nested"), "{err}");
         }
-        // 64 levels, counting the arguments table, are accepted.
-        let payload = consume_payload(&nested_table_bytes(64, first_array));
-        let frame =
-            decode_one(&raw_frame(FRAME_METHOD, 1, &payload), FRAME_MAX).expect("64 levels decode");
+        // The limit itself, counting the arguments table, is accepted.
+        let payload = consume_payload(&nested_table_bytes(MAX_NESTING, first_array));
+        let frame = decode_one(&raw_frame(FRAME_METHOD, 1, &payload), FRAME_MAX)
+            .expect("nesting at the limit decodes");
         assert!(matches!(frame, Frame::Method(1, _)));
     }
     // Every method that carries a table is checked.
@@ -1596,8 +1601,25 @@ fn deeply_nested_method_tables_are_refused_without_overflowing_the_stack() {
 }
 
 #[test]
+fn wire_nesting_check_refuses_what_frames_refuse() {
+    // For field tables parsed outside a frame (an AMQPLAIN response, say).
+    for first_array in [false, true] {
+        assert!(warren_amqp::wire::field_table_within_limit(
+            &nested_table_bytes(MAX_NESTING, first_array)
+        ));
+        for depth in [MAX_NESTING + 1, 20_000] {
+            assert!(!warren_amqp::wire::field_table_within_limit(
+                &nested_table_bytes(depth, first_array)
+            ));
+        }
+    }
+    // Malformed bytes are left to the parser to refuse.
+    assert!(warren_amqp::wire::field_table_within_limit(&[0, 0]));
+}
+
+#[test]
 fn deeply_nested_headers_are_refused_without_overflowing_the_stack() {
-    for depth in [65, 20_000] {
+    for depth in [MAX_NESTING + 1, 20_000] {
         // content-type, then headers.
         let mut props = vec![0xA0, 0x00, 4, b't', b'e', b'x', b't'];
         props.extend_from_slice(&nested_table_bytes(depth, true));
@@ -1612,22 +1634,22 @@ fn deeply_nested_headers_are_refused_without_overflowing_the_stack() {
         assert_eq!(err.code, ReplyCode::SyntaxError, "{err}");
     }
     let mut props = vec![0x20, 0x00];
-    props.extend_from_slice(&nested_table_bytes(64, false));
-    let p = Properties::decode(Bytes::from(props.clone())).expect("64 levels decode");
+    props.extend_from_slice(&nested_table_bytes(MAX_NESTING, false));
+    let p = Properties::decode(Bytes::from(props.clone())).expect("nesting at the limit decodes");
     assert_eq!(&p.raw()[..], &props[..]);
 }
 
 #[test]
 fn nesting_within_the_limit_encodes_and_round_trips() {
     let mut value = AMQPValue::LongString("bottom".into());
-    for level in 0..62 {
+    for level in 0..MAX_NESTING - 2 {
         value = if level % 2 == 0 {
             AMQPValue::FieldArray(FieldArray::from(vec![value]))
         } else {
             AMQPValue::FieldTable(table(vec![("k", value)]))
         };
     }
-    // The arguments table, 62 containers, and the table holding them: 64 levels.
+    // The arguments table, the table holding the chain and the chain: MAX_NESTING levels.
     let arguments = table(vec![(
         "k",
         AMQPValue::FieldTable(table(vec![("k", value)])),

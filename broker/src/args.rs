@@ -74,8 +74,8 @@ pub fn show(v: &AMQPValue) -> String {
         AMQPValue::Float(f) => f.to_string(),
         AMQPValue::Double(f) => f.to_string(),
         AMQPValue::Timestamp(t) => t.to_string(),
-        AMQPValue::ShortString(s) => format!("<<\"{}\">>", s.as_str()),
-        AMQPValue::LongString(s) => format!("<<\"{}\">>", String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ShortString(s) => s.as_str().to_string(),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::Void => "undefined".to_string(),
         other => format!("{other:?}"),
     }
@@ -123,15 +123,100 @@ pub fn check_equivalent_args(
         if same {
             continue;
         }
-        let fmt = |v: Option<&AMQPValue>| match v {
-            None => "none".to_string(),
-            Some(v) => format!("the value '{}' of type '{}'", show(v), type_name(v)),
+        let text = match (cur, new) {
+            (Some(c), Some(n)) => format!(
+                "inequivalent arg '{key}' for {what} '{name}' in vhost '{vhost}': received '{}' but current is '{}'",
+                show(n),
+                show(c)
+            ),
+            _ => {
+                let fmt = |v: Option<&AMQPValue>| match v {
+                    None => "none".to_string(),
+                    Some(v) => format!("the value '{}' of type '{}'", show(v), type_name(v)),
+                };
+                format!(
+                    "inequivalent arg '{key}' for {what} '{name}' in vhost '{vhost}': received {} but current is {}",
+                    fmt(new),
+                    fmt(cur)
+                )
+            }
         };
-        return Err(ChannelError::precondition(format!(
-            "inequivalent arg '{key}' for {what} '{name}' in vhost '{vhost}': received {} but current is {}",
-            fmt(new),
-            fmt(cur)
-        )));
+        return Err(ChannelError::precondition(text));
+    }
+    Ok(())
+}
+
+/// Checks a queue's declare arguments as RabbitMQ does; the error has RabbitMQ's text
+/// (`invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}`).
+pub fn validate_queue_args(name: &str, vhost: &str, args: &FieldTable) -> Result<(), ChannelError> {
+    /// Most milliseconds a TTL or expiry may be (RabbitMQ's timer limit).
+    const MAX_EXPIRY: i64 = 4_294_967_295;
+    for (key, value) in args.inner() {
+        let key = key.as_str();
+        let int = || as_i64(value).filter(|_| !matches!(value, AMQPValue::Timestamp(_)));
+        let unacceptable = || format!("{{unacceptable_type,{}}}", type_name(value));
+        let not_int = || format!("\"expected integer, got {}\"", type_name(value));
+        let problem = match key {
+            "x-expires" => match int() {
+                None => Some(not_int()),
+                Some(0) => Some("{value_zero,0}".to_string()),
+                Some(v) if v < 0 => Some(format!("{{value_negative,{v}}}")),
+                Some(v) if v > MAX_EXPIRY => Some(format!("{{value_too_large,{v},{MAX_EXPIRY}}}")),
+                Some(_) => None,
+            },
+            "x-message-ttl" => match int() {
+                None => Some(not_int()),
+                Some(v) if v < 0 => Some(format!("{{value_negative,{v}}}")),
+                Some(v) if v > MAX_EXPIRY => Some(format!("{{value_too_large,{v},{MAX_EXPIRY}}}")),
+                Some(_) => None,
+            },
+            "x-max-length"
+            | "x-max-length-bytes"
+            | "x-max-in-memory-length"
+            | "x-max-in-memory-bytes"
+            | "x-delivery-limit" => match int() {
+                None => Some(not_int()),
+                Some(v) if v < 0 => Some(format!("{{value_negative,{v}}}")),
+                Some(_) => None,
+            },
+            "x-max-priority" => match int() {
+                None => Some(not_int()),
+                Some(v) if v < 0 => Some(format!("{{value_negative,{v}}}")),
+                Some(v) if v > 255 => Some(format!("{{max_priority_too_large,{v}}}")),
+                Some(_) => None,
+            },
+            "x-dead-letter-exchange" | "x-dead-letter-routing-key" => match value {
+                AMQPValue::LongString(_) => None,
+                _ => Some(unacceptable()),
+            },
+            "x-overflow" => match value {
+                AMQPValue::LongString(s) => match s.as_bytes() {
+                    b"drop-head" | b"reject-publish" | b"reject-publish-dlx" => None,
+                    _ => Some("invalid_overflow".to_string()),
+                },
+                _ => Some(unacceptable()),
+            },
+            "x-queue-mode" => match value {
+                AMQPValue::LongString(s) => match s.as_bytes() {
+                    b"default" | b"lazy" => None,
+                    other => Some(format!(
+                        "{{invalid_queue_mode,<<\"{}\">>}}",
+                        String::from_utf8_lossy(other)
+                    )),
+                },
+                _ => Some(unacceptable()),
+            },
+            "x-single-active-consumer" => match value {
+                AMQPValue::Boolean(_) => None,
+                _ => Some(unacceptable()),
+            },
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(ChannelError::precondition(format!(
+                "invalid arg '{key}' for queue '{name}' in vhost '{vhost}': {problem}"
+            )));
+        }
     }
     Ok(())
 }

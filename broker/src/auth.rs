@@ -59,6 +59,9 @@ pub fn parse_response(mechanism: &str, response: &[u8]) -> Option<(String, Strin
             // A field table without its length prefix.
             let mut buf = (response.len() as u32).to_be_bytes().to_vec();
             buf.extend_from_slice(response);
+            if !warren_amqp::wire::field_table_within_limit(&buf) {
+                return None;
+            }
             let (rest, table) = warren_amqp::wire::parse_field_table(&buf[..]).ok()?;
             if !rest.is_empty() {
                 return None;

@@ -437,7 +437,12 @@ impl Metadata {
             }
             MetaCommand::Unbind { vhost, binding } => {
                 let vh = self.vhost_mut(&vhost)?;
-                check_binding_ends(vh, &vhost, &binding)?;
+                // Removing a binding that does not exist is fine, even between missing ends.
+                if binding.source.is_empty() {
+                    return Err(ChannelError::access_refused(
+                        "operation not permitted on the default exchange",
+                    ));
+                }
                 let key = binding_key(&binding);
                 if vh.bindings.remove(&key).is_none() {
                     return Ok(vec![]);
@@ -471,19 +476,18 @@ fn check_binding_ends(vh: &VhostMeta, vhost: &str, b: &BindingDef) -> Result<(),
             "operation not permitted on the default exchange",
         ));
     }
-    match b.destination_kind {
-        DestinationKind::Queue if !vh.queues.contains_key(&b.destination) => {
-            return Err(ChannelError::no_queue(vhost, &b.destination))
-        }
-        DestinationKind::Exchange if !vh.exchanges.contains_key(&b.destination) => {
-            return Err(ChannelError::no_exchange(vhost, &b.destination))
-        }
-        _ => {}
-    }
     if !vh.exchanges.contains_key(&b.source) {
         return Err(ChannelError::no_exchange(vhost, &b.source));
     }
-    Ok(())
+    match b.destination_kind {
+        DestinationKind::Queue if !vh.queues.contains_key(&b.destination) => {
+            Err(ChannelError::no_queue(vhost, &b.destination))
+        }
+        DestinationKind::Exchange if !vh.exchanges.contains_key(&b.destination) => {
+            Err(ChannelError::no_exchange(vhost, &b.destination))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Removes an exchange, every binding from or to it, and any auto-delete exchange left
@@ -625,6 +629,9 @@ fn check_exchange_equivalent(
 
 fn check_queue_equivalent(vhost: &str, cur: &QueueDef, new: &QueueDef) -> Result<(), ChannelError> {
     let n = &cur.name;
+    if cur.exclusive_owner != new.exclusive_owner {
+        return Err(ChannelError::locked(vhost, n));
+    }
     if cur.durable != new.durable {
         return Err(inequivalent(
             "queue",
@@ -634,11 +641,6 @@ fn check_queue_equivalent(vhost: &str, cur: &QueueDef, new: &QueueDef) -> Result
             new.durable,
             cur.durable,
         ));
-    }
-    if cur.exclusive_owner.is_some() != new.exclusive_owner.is_some()
-        || cur.exclusive_owner != new.exclusive_owner
-    {
-        return Err(ChannelError::locked(vhost, n));
     }
     if cur.auto_delete != new.auto_delete {
         return Err(inequivalent(

@@ -155,3 +155,338 @@ impl RawClient {
         panic!("no channel.close on channel {channel}");
     }
 }
+
+/// What one read from the socket produced.
+#[derive(Debug)]
+pub enum Read {
+    /// A whole frame.
+    Frame(Frame),
+    /// The server closed (or reset) the connection.
+    Closed,
+    /// Nothing arrived in time.
+    TimedOut,
+}
+
+/// The bytes of one frame: type, channel, size, `payload` and the frame-end octet.
+pub fn frame_bytes(frame_type: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.push(frame_type);
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.push(warren_amqp::frame::FRAME_END);
+    out
+}
+
+/// The bytes of one method frame.
+pub fn method_bytes(channel: u16, method: &AMQPClass) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_method(&mut out, channel, method).expect("encode method");
+    out.to_vec()
+}
+
+/// The bytes of a content header frame of class basic with no properties.
+pub fn header_bytes(channel: u16, body_size: u64) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    warren_amqp::frame::encode_header(&mut out, channel, body_size, &[0, 0]);
+    out.to_vec()
+}
+
+/// The `response` of an AMQPLAIN `connection.start-ok`: a field table without its length
+/// prefix, holding `LOGIN` and `PASSWORD` as long strings.
+pub fn amqplain_response(user: &str, pass: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in [("LOGIN", user), ("PASSWORD", pass)] {
+        out.push(key.len() as u8);
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'S');
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// Client properties announcing the `authentication_failure_close` capability, so that the
+/// server explains a refused login with `connection.close` instead of dropping the socket.
+pub fn auth_failure_close_properties() -> warren_amqp::FieldTable {
+    let mut caps = warren_amqp::FieldTable::default();
+    caps.insert(
+        "authentication_failure_close".into(),
+        warren_amqp::AMQPValue::Boolean(true),
+    );
+    let mut props = warren_amqp::FieldTable::default();
+    props.insert(
+        "capabilities".into(),
+        warren_amqp::AMQPValue::FieldTable(caps),
+    );
+    props
+}
+
+impl RawClient {
+    /// Reads the next frame, telling a closed socket apart from silence.
+    pub async fn read_within(&mut self, timeout: Duration) -> Read {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match decode_frame(&mut self.buf, 0) {
+                Ok(Some(f)) => return Read::Frame(f),
+                Ok(None) => {}
+                Err(e) => panic!("server sent an undecodable frame: {e}"),
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Read::TimedOut,
+                Ok(Ok(0)) | Ok(Err(_)) => return Read::Closed,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Asserts that the server closes the socket within `timeout` without sending a frame.
+    pub async fn expect_closed_without_frame(&mut self, timeout: Duration) {
+        match self.read_within(timeout).await {
+            Read::Closed => {}
+            Read::Frame(f) => panic!("expected the socket to be closed, got {f:?}"),
+            Read::TimedOut => panic!("the socket was still open after {timeout:?}"),
+        }
+    }
+
+    /// Asserts that the server closes the socket within `timeout`, skipping heartbeats.
+    pub async fn expect_closed(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_within(left).await {
+                Read::Closed => return,
+                Read::Frame(Frame::Heartbeat(0)) => {}
+                Read::Frame(f) => panic!("expected the socket to be closed, got {f:?}"),
+                Read::TimedOut => panic!("the socket was still open after {timeout:?}"),
+            }
+        }
+    }
+
+    /// Asserts that nothing arrives (no frame, no close) for `duration`.
+    pub async fn expect_silence(&mut self, duration: Duration) {
+        match self.read_within(duration).await {
+            Read::TimedOut => {}
+            other => panic!("expected silence for {duration:?}, got {other:?}"),
+        }
+    }
+
+    /// Connects, sends the protocol header and returns the server's `connection.start`.
+    pub async fn start(addr: SocketAddr) -> (RawClient, connection::Start) {
+        let mut c = Self::connect(addr).await;
+        c.write(PROTOCOL_HEADER).await;
+        let start = match c.read_frame().await {
+            Some(Frame::Method(0, m)) => match *m {
+                AMQPClass::Connection(connection::AMQPMethod::Start(s)) => s,
+                other => panic!("expected connection.start, got {other:?}"),
+            },
+            other => panic!("expected connection.start, got {other:?}"),
+        };
+        (c, start)
+    }
+
+    /// Sends `connection.start-ok`.
+    pub async fn start_ok(
+        &mut self,
+        client_properties: warren_amqp::FieldTable,
+        mechanism: &str,
+        response: &[u8],
+    ) {
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties,
+                mechanism: mechanism.into(),
+                response: LongString::from(response.to_vec()),
+                locale: "en_US".into(),
+            })),
+        )
+        .await;
+    }
+
+    /// Reads the next frame and asserts it is `connection.tune`.
+    pub async fn expect_tune(&mut self) -> connection::Tune {
+        match self.expect_method(0).await {
+            AMQPClass::Connection(connection::AMQPMethod::Tune(t)) => t,
+            other => panic!("expected connection.tune, got {other:?}"),
+        }
+    }
+
+    /// Sends `connection.tune-ok`.
+    pub async fn tune_ok(&mut self, channel_max: u16, frame_max: u32, heartbeat: u16) {
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max,
+                frame_max,
+                heartbeat,
+            })),
+        )
+        .await;
+    }
+
+    /// Sends `connection.open` for `vhost`.
+    pub async fn send_connection_open(&mut self, vhost: &str) {
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: vhost.into(),
+            })),
+        )
+        .await;
+    }
+
+    /// Completes the handshake as guest on `/` with the given tune-ok values.
+    pub async fn open_tuned(
+        addr: SocketAddr,
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    ) -> RawClient {
+        let (mut c, _) = Self::start(addr).await;
+        c.start_ok(Default::default(), "PLAIN", b"\0guest\0guest")
+            .await;
+        c.expect_tune().await;
+        c.tune_ok(channel_max, frame_max, heartbeat).await;
+        c.send_connection_open("/").await;
+        match c.expect_method(0).await {
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => {}
+            other => panic!("expected connection.open-ok, got {other:?}"),
+        }
+        c
+    }
+
+    /// Reads the next frame that is not a heartbeat and asserts it is a method on `channel`.
+    pub async fn expect_method(&mut self, channel: u16) -> AMQPClass {
+        loop {
+            match self.read_frame().await {
+                Some(Frame::Heartbeat(0)) => {}
+                Some(Frame::Method(ch, m)) if ch == channel => return *m,
+                other => panic!("expected a method on channel {channel}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads frames until a `connection.close` arrives and returns it whole (with the
+    /// class and method ids of the offending method).
+    pub async fn expect_connection_close_method(&mut self) -> connection::Close {
+        while let Some(frame) = self.read_frame().await {
+            if let Frame::Method(0, m) = frame {
+                if let AMQPClass::Connection(connection::AMQPMethod::Close(c)) = *m {
+                    return c;
+                }
+            }
+        }
+        panic!("the server closed the socket without connection.close");
+    }
+
+    /// Sends `connection.close-ok`.
+    pub async fn send_close_ok(&mut self) {
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        )
+        .await;
+    }
+
+    /// Sends `connection.close` with a normal reply.
+    pub async fn send_connection_close(&mut self) {
+        self.send_method(0, warren_amqp::method::connection_close(200, "bye", 0, 0))
+            .await;
+    }
+
+    /// Opens `channel` and waits for `channel.open-ok`.
+    pub async fn open_channel(&mut self, channel: u16) {
+        self.send_method(
+            channel,
+            AMQPClass::Channel(warren_amqp::channel::AMQPMethod::Open(
+                warren_amqp::channel::Open {},
+            )),
+        )
+        .await;
+        match self.expect_method(channel).await {
+            AMQPClass::Channel(warren_amqp::channel::AMQPMethod::OpenOk(_)) => {}
+            other => panic!("expected channel.open-ok on {channel}, got {other:?}"),
+        }
+    }
+
+    /// Declares a server-named, exclusive, auto-delete queue on `channel`; returns its name.
+    pub async fn declare_queue(&mut self, channel: u16) -> String {
+        self.send_method(channel, queue_declare("", false)).await;
+        match self.expect_method(channel).await {
+            AMQPClass::Queue(warren_amqp::queue::AMQPMethod::DeclareOk(ok)) => ok.queue.to_string(),
+            other => panic!("expected queue.declare-ok on {channel}, got {other:?}"),
+        }
+    }
+
+    /// Publishes `body` to the default exchange with `routing_key`, splitting the body into
+    /// frames of at most `frame_max` bytes.
+    pub async fn publish(&mut self, channel: u16, routing_key: &str, body: &[u8], frame_max: u32) {
+        let mut out = BytesMut::from(&method_bytes(channel, &basic_publish("", routing_key))[..]);
+        warren_amqp::frame::encode_content(&mut out, channel, &[0, 0], body, frame_max);
+        self.write(&out).await;
+    }
+
+    /// `basic.get` with no-ack: returns the body frames' payloads of the message, or `None`
+    /// on `basic.get-empty`.
+    pub async fn get_body_frames(&mut self, channel: u16, queue: &str) -> Option<Vec<Vec<u8>>> {
+        self.send_method(
+            channel,
+            AMQPClass::Basic(warren_amqp::basic::AMQPMethod::Get(
+                warren_amqp::basic::Get {
+                    queue: queue.into(),
+                    no_ack: true,
+                },
+            )),
+        )
+        .await;
+        match self.expect_method(channel).await {
+            AMQPClass::Basic(warren_amqp::basic::AMQPMethod::GetOk(_)) => {}
+            AMQPClass::Basic(warren_amqp::basic::AMQPMethod::GetEmpty(_)) => return None,
+            other => panic!("expected basic.get-ok on {channel}, got {other:?}"),
+        }
+        let size = match self.read_frame().await {
+            Some(Frame::Header(ch, h)) if ch == channel => h.body_size,
+            other => panic!("expected a content header on {channel}, got {other:?}"),
+        };
+        let mut frames = Vec::new();
+        let mut got = 0u64;
+        while got < size {
+            match self.read_frame().await {
+                Some(Frame::Body(ch, b)) if ch == channel => {
+                    got += b.len() as u64;
+                    frames.push(b.to_vec());
+                }
+                other => panic!("expected a content body on {channel}, got {other:?}"),
+            }
+        }
+        Some(frames)
+    }
+}
+
+/// `queue.declare` of `name` (server-named when empty), exclusive and auto-delete.
+pub fn queue_declare(name: &str, passive: bool) -> AMQPClass {
+    AMQPClass::Queue(warren_amqp::queue::AMQPMethod::Declare(
+        warren_amqp::queue::Declare {
+            queue: name.into(),
+            passive,
+            durable: false,
+            exclusive: !passive,
+            auto_delete: !passive,
+            nowait: false,
+            arguments: Default::default(),
+        },
+    ))
+}
+
+/// `basic.publish` to `exchange` with `routing_key`, neither mandatory nor immediate.
+pub fn basic_publish(exchange: &str, routing_key: &str) -> AMQPClass {
+    AMQPClass::Basic(warren_amqp::basic::AMQPMethod::Publish(
+        warren_amqp::basic::Publish {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            mandatory: false,
+            immediate: false,
+        },
+    ))
+}

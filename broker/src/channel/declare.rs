@@ -21,26 +21,26 @@ impl Channel {
     ) -> Result<(), ChannelError> {
         let name = d.exchange.as_str();
         let vhost = conn.vhost.name.to_string();
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let exists = conn.shared.with_meta(|m| {
+            m.vhosts
+                .get(&vhost)
+                .is_some_and(|v| v.exchanges.contains_key(name))
+        });
         if d.passive {
-            let exists = conn.shared.with_meta(|m| {
-                m.vhosts
-                    .get(&vhost)
-                    .is_some_and(|v| v.exchanges.contains_key(name))
-            });
             if !exists {
                 return Err(ChannelError::no_exchange(&vhost, name));
             }
         } else {
-            if name.is_empty() {
-                return Err(default_exchange_refused());
-            }
             let Some(kind) = ExchangeKind::parse(d.kind.as_str()) else {
                 return Err(ChannelError::command_invalid(format!(
-                    "invalid exchange type '{}'",
+                    "unknown exchange type '{}'",
                     d.kind.as_str()
                 )));
             };
-            if name.starts_with("amq.") {
+            if !exists && name.starts_with("amq.") {
                 return Err(ChannelError::access_refused(format!(
                     "exchange name '{name}' contains reserved prefix 'amq.*'"
                 )));
@@ -77,7 +77,8 @@ impl Channel {
         }
         if name.starts_with("amq.") {
             return Err(ChannelError::access_refused(format!(
-                "deletion of system exchange '{name}' not allowed"
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                conn.vhost.name
             )));
         }
         match conn.shared.execute(MetaCommand::DeleteExchange {
@@ -211,14 +212,17 @@ impl Channel {
                     "queue name '{name}' contains reserved prefix 'amq.*'"
                 )));
             }
-            if let Some(existing) = conn.vhost.queue(&name) {
-                existing.check_access(conn.id)?;
+            match conn.vhost.queue(&name) {
+                // An existing queue is checked for equivalence, not validity.
+                Some(existing) => existing.check_access(conn.id)?,
+                None => crate::args::validate_queue_args(&name, &vhost, &d.arguments)?,
             }
             conn.shared.execute(MetaCommand::DeclareQueue {
                 vhost: vhost.clone(),
                 def: QueueDef {
                     name: name.clone(),
-                    durable: d.durable,
+                    // Exclusive queues never outlive their connection, so never durable.
+                    durable: d.durable && !d.exclusive,
                     exclusive_owner: d.exclusive.then_some(conn.id),
                     auto_delete: d.auto_delete,
                     arguments: d.arguments,
@@ -255,20 +259,29 @@ impl Channel {
         arguments: FieldTable,
         bind: bool,
     ) -> Result<(), ChannelError> {
-        let q = self.resolve_queue(conn, queue)?;
-        if bind {
+        let queue_name = if bind {
+            if !exchange.is_empty() && !conn.vhost.routes().exchanges.contains_key(exchange) {
+                return Err(ChannelError::no_exchange(&conn.vhost.name, exchange));
+            }
+            let q = self.resolve_queue(conn, queue)?;
             Self::check_binding_args(conn, exchange, &arguments)?;
-        }
+            q.name().to_string()
+        } else if queue.is_empty() {
+            // Unbinding needs neither the queue nor the exchange to exist.
+            self.last_queue.clone().unwrap_or_default()
+        } else {
+            queue.to_string()
+        };
         // An empty routing key with an empty queue name means the last queue's name.
         let routing_key = if routing_key.is_empty() && queue.is_empty() {
-            q.name().to_string()
+            queue_name.clone()
         } else {
             routing_key.to_string()
         };
         let binding = BindingDef {
             source: exchange.to_string(),
             destination_kind: DestinationKind::Queue,
-            destination: q.name().to_string(),
+            destination: queue_name,
             routing_key,
             arguments,
         };

@@ -160,6 +160,10 @@ impl Channel {
                 other => Err(not_from_client(&AMQPClass::Queue(other))),
             },
             AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => {
+                if !f.active {
+                    // RabbitMQ does not let clients stop deliveries this way (use basic.qos).
+                    return Err(ChannelError::new(ReplyCode::NotImplemented, "active=false"));
+                }
                 self.flow.set_paused(!f.active);
                 conn.send_method(
                     self.id,

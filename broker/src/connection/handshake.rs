@@ -202,14 +202,9 @@ impl Handshake<'_> {
             capability(&start_ok.client_properties, "consumer_cancel_notify");
         let mechanism = start_ok.mechanism.as_str().to_string();
         if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
-            return Err(Fail::Close(
-                ReplyCode::AccessRefused,
-                ReplyCode::AccessRefused.text(format!(
-                    "unsupported authentication mechanism '{mechanism}'"
-                )),
-                10,
-                11,
-            ));
+            // RabbitMQ drops the socket for a mechanism it did not offer.
+            tracing::info!(%peer, %mechanism, "client asked for an unoffered mechanism");
+            return Err(Fail::Silent);
         }
         let refused = |detail: String| {
             tracing::info!(%peer, "{detail}");
@@ -219,8 +214,8 @@ impl Handshake<'_> {
                     ReplyCode::AccessRefused.text(format!(
                         "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
                     )),
-                    10,
-                    11,
+                    0,
+                    0,
                 )
             } else {
                 Fail::Silent
@@ -257,35 +252,17 @@ impl Handshake<'_> {
             AMQPClass::Connection(connection::AMQPMethod::TuneOk(t)) => t,
             other => return Err(unexpected(&other, "connection.tune_ok")),
         };
-        let frame_max = if tune_ok.frame_max == 0 {
-            cfg.frame_max
-        } else {
-            tune_ok.frame_max
-        };
-        if frame_max < FRAME_MIN_SIZE {
-            return Err(Fail::Close(
-                ReplyCode::NotAllowed,
-                ReplyCode::NotAllowed
-                    .text(format!("frame_max={frame_max} < {FRAME_MIN_SIZE} min size")),
-                10,
-                31,
-            ));
+        let frame_max = tune_ok.frame_max;
+        if tune_ok.frame_max < FRAME_MIN_SIZE
+            || tune_ok.frame_max > cfg.frame_max
+            || tune_ok.channel_max == 0
+            || tune_ok.channel_max > cfg.channel_max
+        {
+            // RabbitMQ drops the socket without a close frame for tune-ok values out of range.
+            tracing::info!(%peer, frame_max, channel_max = tune_ok.channel_max, "tune-ok out of range");
+            return Err(Fail::Silent);
         }
-        if frame_max > cfg.frame_max {
-            return Err(Fail::Close(
-                ReplyCode::NotAllowed,
-                ReplyCode::NotAllowed.text(format!(
-                    "frame_max={frame_max} > {} max size",
-                    cfg.frame_max
-                )),
-                10,
-                31,
-            ));
-        }
-        let channel_max = match tune_ok.channel_max {
-            0 => cfg.channel_max,
-            n => n.min(cfg.channel_max),
-        };
+        let channel_max = tune_ok.channel_max;
         let open = match self.read_method().await? {
             AMQPClass::Connection(connection::AMQPMethod::Open(o)) => o,
             other => return Err(unexpected(&other, "connection.open")),

@@ -90,6 +90,8 @@ struct Connection {
     next_epoch: u64,
     /// Set once connection.close was sent: only close-ok (or close) is read after that.
     closing_since: Option<Instant>,
+    /// Publishes on never-opened channels, by body bytes still expected (None: no header yet).
+    unopened_content: HashMap<u16, Option<u64>>,
 }
 
 /// How a connection ended, for the log.
@@ -138,6 +140,7 @@ pub async fn serve(shared: Arc<BrokerShared>, socket: TcpStream, peer: SocketAdd
         last_write: Instant::now(),
         next_epoch: 1,
         closing_since: None,
+        unopened_content: HashMap::new(),
     };
     let end = conn.run().await;
     match &end {
@@ -291,12 +294,12 @@ impl Connection {
             Frame::Header(_, h) => match self.channels.get_mut(&channel) {
                 Some(Slot::Open(ch)) => ch.handle_header(&mut self.state, h).await,
                 Some(Slot::Closing) => Ok(()),
-                None => Err(unexpected_on_closed(channel)),
+                None => self.unopened_content(channel, &Frame::Header(channel, h)),
             },
             Frame::Body(_, b) => match self.channels.get_mut(&channel) {
                 Some(Slot::Open(ch)) => ch.handle_body(&mut self.state, b).await,
                 Some(Slot::Closing) => Ok(()),
-                None => Err(unexpected_on_closed(channel)),
+                None => self.unopened_content(channel, &Frame::Body(channel, b)),
             },
         };
         match result {
@@ -325,9 +328,6 @@ impl Connection {
                     );
                     Some(End::ClientClosed)
                 }
-                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
-                    Some(End::ServerClosed)
-                }
                 AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
                     self.state.send_method(
                         0,
@@ -340,11 +340,9 @@ impl Connection {
                 other => {
                     let (c, m) = method::ids(&other);
                     self.close_connection(
-                        ReplyCode::CommandInvalid,
-                        &ReplyCode::CommandInvalid.text(format!(
-                            "unexpected method on channel 0: {}",
-                            method::name(c, m)
-                        )),
+                        ReplyCode::ChannelError,
+                        &ReplyCode::ChannelError
+                            .text("unexpected method in connection state running"),
                         c,
                         m,
                     );
@@ -379,15 +377,15 @@ impl Connection {
         match self.channels.get_mut(&channel) {
             None => match m {
                 AMQPClass::Channel(warren_amqp::channel::AMQPMethod::Open(_)) => {
-                    if channel > self.channel_max {
+                    let open = self.channels.len();
+                    if open >= usize::from(self.channel_max) {
                         return Err(ChannelError::new(
-                            ReplyCode::ChannelError,
+                            ReplyCode::NotAllowed,
                             format!(
-                                "channel number {channel} exceeds channel_max {}",
+                                "number of channels opened ({open}) has reached the negotiated channel_max ({})",
                                 self.channel_max
                             ),
-                        )
-                        .on(class_id, method_id));
+                        ));
                     }
                     let epoch = self.next_epoch;
                     self.next_epoch += 1;
@@ -399,6 +397,11 @@ impl Connection {
                             warren_amqp::channel::OpenOk {},
                         )),
                     );
+                    Ok(())
+                }
+                AMQPClass::Basic(warren_amqp::basic::AMQPMethod::Publish(_)) => {
+                    // As RabbitMQ does, the content is read before the channel is checked.
+                    self.unopened_content.insert(channel, None);
                     Ok(())
                 }
                 _ => Err(
@@ -421,6 +424,13 @@ impl Connection {
                         );
                         self.channels.remove(&channel);
                     }
+                    AMQPClass::Channel(warren_amqp::channel::AMQPMethod::Open(_)) => {
+                        return Err(ChannelError::new(
+                            ReplyCode::ChannelError,
+                            "second 'channel.open' seen",
+                        )
+                        .on(class_id, method_id))
+                    }
                     _ => {}
                 }
                 Ok(())
@@ -442,13 +452,38 @@ impl Connection {
                     );
                     Ok(())
                 }
-                AMQPClass::Channel(warren_amqp::channel::AMQPMethod::CloseOk(_)) => Ok(()),
+                AMQPClass::Channel(warren_amqp::channel::AMQPMethod::CloseOk(_)) => {
+                    Err(ChannelError::command_invalid("unimplemented method")
+                        .on(class_id, method_id))
+                }
                 m => ch
                     .handle_method(&mut self.state, m)
                     .await
                     .map_err(|e| e.on(class_id, method_id)),
             },
         }
+    }
+
+    /// Content on a channel that was never opened: read to its end, then refused.
+    fn unopened_content(&mut self, channel: u16, frame: &Frame) -> Result<(), ChannelError> {
+        let done = match (self.unopened_content.get_mut(&channel), frame) {
+            (Some(remaining @ None), Frame::Header(_, h)) => {
+                *remaining = Some(h.body_size);
+                h.body_size == 0
+            }
+            (Some(Some(left)), Frame::Body(_, b)) => {
+                *left = left.saturating_sub(b.len() as u64);
+                *left == 0
+            }
+            _ => return Err(unexpected_on_closed(channel)),
+        };
+        if done {
+            self.unopened_content.remove(&channel);
+            return Err(
+                ChannelError::new(ReplyCode::ChannelError, "expected 'channel.open'").on(60, 40),
+            );
+        }
+        Ok(())
     }
 
     async fn close_channel(&mut self, channel: u16, e: ChannelError) {

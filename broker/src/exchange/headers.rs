@@ -138,11 +138,11 @@ fn term(value: &AMQPValue) -> Term<'_> {
     }
 }
 
-/// Whether a binding value equals a header value, as RabbitMQ 3.13+/4.x decides it: the decoded
-/// Erlang terms compared with `=:=`. So `LongInt(1)`, `LongLongInt(1)` and `Timestamp(1)` are
-/// equal (all the integer 1), a long string equals a byte array with the same bytes, but the
-/// long string "1" is not the integer 1 and the integer 1 is not the float 1.0. Inside tables and
-/// arrays each element carries its type tag, so nested values must also agree on type.
+/// Whether a binding value equals a header value, as RabbitMQ 3.10 decides it: the decoded
+/// Erlang terms compared with `==`. So `LongInt(1)`, `LongLongInt(1)`, `Timestamp(1)` and
+/// `Double(1.0)` are equal, a long string equals a byte array with the same bytes, but the long
+/// string "1" is not the integer 1. Inside tables and arrays each element carries its type tag,
+/// so nested values must also agree on type.
 ///
 /// Two places where Warren does not copy RabbitMQ: RabbitMQ 4.x multiplies a message's
 /// timestamp headers (not the binding's) by 1000 before comparing, which stops a timestamp
@@ -153,6 +153,8 @@ fn values_equal(binding: &AMQPValue, header: &AMQPValue) -> bool {
     match (term(binding), term(header)) {
         (Term::Int(a), Term::Int(b)) => a == b,
         (Term::Float(a), Term::Float(b)) => a == b,
+        // RabbitMQ 3.10 compares with Erlang's `==`, under which 1 == 1.0.
+        (Term::Int(i), Term::Float(f)) | (Term::Float(f), Term::Int(i)) => (i as f64) == f,
         (Term::Binary(a), Term::Binary(b)) => a == b,
         (Term::Bool(a), Term::Bool(b)) => a == b,
         (Term::Decimal(sa, va), Term::Decimal(sb, vb)) => sa == sb && va == vb,
@@ -540,7 +542,7 @@ mod tests {
     }
 
     #[test]
-    fn floats_compare_by_value_and_never_equal_integers() {
+    fn floats_compare_by_value_and_equal_integers_of_the_same_value() {
         let b = binding(&[("f", AMQPValue::Double(0.5))]);
         assert!(matches(&b, &[("f", AMQPValue::Float(0.5))]));
         assert!(matches(&b, &[("f", AMQPValue::Double(0.5))]));
@@ -548,9 +550,10 @@ mod tests {
         // 0.1f32 widens to 0.10000000149011612, not 0.1.
         let tenth = binding(&[("f", AMQPValue::Double(0.1))]);
         assert!(!matches(&tenth, &[("f", AMQPValue::Float(0.1))]));
-        // Erlang's =:= tells 1 from 1.0.
+        // RabbitMQ 3.10 compares with Erlang's ==, under which 1 == 1.0.
         let one = binding(&[("f", AMQPValue::Double(1.0))]);
-        assert!(!matches(&one, &[("f", AMQPValue::LongInt(1))]));
+        assert!(matches(&one, &[("f", AMQPValue::LongInt(1))]));
+        assert!(!matches(&one, &[("f", AMQPValue::LongInt(2))]));
     }
 
     #[test]

@@ -32,8 +32,49 @@ struct Consumer {
     unacked: u32,
 }
 
+/// What a full queue does with a new message (`x-overflow`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Overflow {
+    DropHead,
+    RejectPublish,
+}
+
+/// `x-max-length` / `x-max-length-bytes` and `x-overflow`.
+struct Limits {
+    max_length: Option<u64>,
+    max_bytes: Option<u64>,
+    overflow: Overflow,
+}
+
+impl Limits {
+    fn from_args(args: &warren_amqp::FieldTable) -> Self {
+        let int = |k: &str| {
+            args.inner()
+                .get(k)
+                .and_then(crate::args::as_i64)
+                .and_then(|v| u64::try_from(v).ok())
+        };
+        let overflow = match crate::meta::string_arg(args, "x-overflow") {
+            Some("reject-publish") | Some("reject-publish-dlx") => Overflow::RejectPublish,
+            _ => Overflow::DropHead,
+        };
+        Limits {
+            max_length: int("x-max-length"),
+            max_bytes: int("x-max-length-bytes"),
+            overflow,
+        }
+    }
+
+    fn over(&self, count: usize, bytes: u64) -> bool {
+        self.max_length.is_some_and(|m| count as u64 > m)
+            || self.max_bytes.is_some_and(|m| bytes > m)
+    }
+}
+
 struct QueueActor {
     handle: QueueHandle,
+    limits: Limits,
+    ready_bytes: u64,
     ready: VecDeque<Entry>,
     unacked: HashMap<u64, Unacked>,
     consumers: Vec<Consumer>,
@@ -58,6 +99,8 @@ pub(crate) fn spawn(def: &QueueDef, vhost: Arc<str>, auto_delete: AutoDelete) ->
     };
     let actor = QueueActor {
         handle: handle.clone(),
+        limits: Limits::from_args(&def.arguments),
+        ready_bytes: 0,
         ready: VecDeque::new(),
         unacked: HashMap::new(),
         consumers: Vec::new(),
@@ -116,7 +159,7 @@ impl QueueActor {
                 self.settle(channel, ids, Settle::Requeue);
             }
             QueueCmd::Get(channel, no_ack, reply) => {
-                let got = self.ready.pop_front().map(|entry| {
+                let got = self.pop_ready().map(|entry| {
                     let ok = GetOk {
                         msg_id: entry.id,
                         msg: entry.msg.clone(),
@@ -148,6 +191,7 @@ impl QueueActor {
             QueueCmd::Purge(reply) => {
                 let n = self.ready.len() as u32;
                 self.ready.clear();
+                self.ready_bytes = 0;
                 let _ = reply.send(n);
             }
             QueueCmd::CheckDelete(if_unused, if_empty, reply) => {
@@ -174,20 +218,40 @@ impl QueueActor {
     }
 
     fn publish(&mut self, p: Publish) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.ready.push_back(Entry {
-            id,
-            msg: p.msg,
-            redelivered: false,
-        });
+        let size = p.msg.size() as u64;
+        let accepted = self.limits.overflow != Overflow::RejectPublish
+            || !self
+                .limits
+                .over(self.ready.len() + 1, self.ready_bytes + size);
+        if accepted {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.ready_bytes += size;
+            self.ready.push_back(Entry {
+                id,
+                msg: p.msg,
+                redelivered: false,
+            });
+            while self.limits.over(self.ready.len(), self.ready_bytes) {
+                if self.pop_ready().is_none() {
+                    break;
+                }
+            }
+        }
         if let Some((channel, seq)) = p.confirm {
             let _ = channel.events.send(ConnEvent::Confirm {
                 channel: channel.key,
                 seq,
-                ok: true,
+                ok: accepted,
             });
         }
+    }
+
+    /// Takes the head of the ready list.
+    fn pop_ready(&mut self) -> Option<Entry> {
+        let e = self.ready.pop_front()?;
+        self.ready_bytes -= e.msg.size() as u64;
+        Some(e)
     }
 
     fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<(), ChannelError> {
@@ -238,6 +302,7 @@ impl QueueActor {
 
     /// Puts a message back at its original position (ids are in publish order).
     fn requeue(&mut self, entry: Entry) {
+        self.ready_bytes += entry.msg.size() as u64;
         let pos = self.ready.partition_point(|e| e.id < entry.id);
         self.ready.insert(pos, entry);
     }
@@ -266,6 +331,7 @@ impl QueueActor {
             let Some(entry) = self.ready.pop_front() else {
                 break;
             };
+            self.ready_bytes -= entry.msg.size() as u64;
             let delivery = Delivery {
                 channel: c.spec.channel.key,
                 consumer_tag: c.spec.tag.clone(),
