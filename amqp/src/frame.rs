@@ -76,6 +76,9 @@ pub struct FrameError {
     pub class_id: u16,
     /// Method that failed, when known.
     pub method_id: u16,
+    /// Drop the connection without a `connection.close` (RabbitMQ does so for unknown
+    /// class or method ids).
+    pub silent: bool,
 }
 
 impl FrameError {
@@ -85,7 +88,50 @@ impl FrameError {
             text: code.text(detail),
             class_id: 0,
             method_id: 0,
+            silent: false,
         }
+    }
+}
+
+/// Erlang's rendering of a binary, as RabbitMQ's error texts show it: `<<"abc">>` when every
+/// byte is printable, `<<0,20,1>>` otherwise.
+pub fn erlang_binary(bytes: &[u8]) -> String {
+    let printable =
+        |b: u8| (32..=126).contains(&b) || b >= 160 || b"\n\r\t\x0b\x08\x0c\x1b".contains(&b);
+    if !bytes.is_empty() && bytes.iter().all(|b| printable(*b)) {
+        let mut s = String::from("<<\"");
+        for &b in bytes {
+            match b {
+                b'"' => s.push_str("\\\""),
+                b'\\' => s.push_str("\\\\"),
+                b'\n' => s.push_str("\\n"),
+                b'\r' => s.push_str("\\r"),
+                b'\t' => s.push_str("\\t"),
+                0x0b => s.push_str("\\v"),
+                0x08 => s.push_str("\\b"),
+                0x0c => s.push_str("\\f"),
+                0x1b => s.push_str("\\e"),
+                b => s.push(char::from(b)),
+            }
+        }
+        s.push_str("\">>");
+        s
+    } else {
+        let parts: Vec<String> = bytes.iter().map(|b| b.to_string()).collect();
+        format!("<<{}>>", parts.join(","))
+    }
+}
+
+/// RabbitMQ's description of a frame in error texts: `type 3, all octets = <<"abc">>`
+/// (the first 16 octets of a longer payload).
+pub fn describe_frame(frame_type: u8, payload: &[u8]) -> String {
+    if payload.len() <= 16 {
+        format!("type {frame_type}, all octets = {}", erlang_binary(payload))
+    } else {
+        format!(
+            "type {frame_type}, first octets = {}",
+            erlang_binary(&payload[..16])
+        )
     }
 }
 
@@ -109,37 +155,42 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     let frame_type = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
-    if !matches!(
-        frame_type,
-        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
-    ) {
-        return Err(FrameError::new(
-            ReplyCode::FrameError,
-            format!("type {frame_type}, first 7 octets = {:?}", &buf[..7]),
-        ));
-    }
-    let total = size as u64 + FRAME_OVERHEAD as u64;
-    if frame_max != 0 && total > frame_max as u64 {
-        // RabbitMQ's text: the payload size against frame_max less the frame overhead.
+    // As RabbitMQ does, a payload may be as large as frame_max (the overhead is not counted),
+    // and the size is checked from the header alone, before anything else.
+    if frame_max != 0 && size > frame_max {
         return Err(FrameError::new(
             ReplyCode::FrameError,
             format!(
-                "type {frame_type}, all octets = <<>>: {{frame_too_large,{size},{}}}",
+                "{}: {{frame_too_large,{size},{}}}",
+                describe_frame(frame_type, &[]),
                 (frame_max as usize).saturating_sub(FRAME_OVERHEAD)
             ),
         ));
     }
-    let total = total as usize;
+    let total = size as usize + FRAME_OVERHEAD;
     if buf.len() < total {
         // Room for the rest of the frame, but not more than RESERVE_AHEAD before the bytes
         // arrive: without a limit, 7 bytes could otherwise make us allocate 4 GiB.
         buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
+    let payload = &buf[7..total - 1];
     if buf[total - 1] != FRAME_END {
         return Err(FrameError::new(
             ReplyCode::FrameError,
-            format!("invalid frame end marker {:#04x}", buf[total - 1]),
+            format!(
+                "{}: {{invalid_frame_end_marker,{}}}",
+                describe_frame(frame_type, payload),
+                buf[total - 1]
+            ),
+        ));
+    }
+    let known = matches!(frame_type, FRAME_METHOD | FRAME_HEADER | FRAME_BODY)
+        || (frame_type == FRAME_HEARTBEAT && size == 0);
+    if !known {
+        return Err(FrameError::new(
+            ReplyCode::FrameError,
+            format!("{}: unknown_frame", describe_frame(frame_type, payload)),
         ));
     }
     let mut frame = buf.split_to(total).freeze();
@@ -150,15 +201,7 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
         FRAME_METHOD => decode_method(channel, &payload).map(Some),
         FRAME_HEADER => decode_header(channel, payload).map(Some),
         FRAME_BODY => Ok(Some(Frame::Body(channel, payload))),
-        _ => {
-            if size != 0 {
-                return Err(FrameError::new(
-                    ReplyCode::FrameError,
-                    format!("heartbeat frame with a payload of {size} bytes"),
-                ));
-            }
-            Ok(Some(Frame::Heartbeat(channel)))
-        }
+        _ => Ok(Some(Frame::Heartbeat(channel))),
     }
 }
 
@@ -222,10 +265,12 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, FrameError> {
                     ),
                 )
             } else {
-                FrameError::new(
+                let mut e = FrameError::new(
                     ReplyCode::CommandInvalid,
                     format!("unknown class/method {class_id}/{method_id}"),
-                )
+                );
+                e.silent = true;
+                e
             };
             err.class_id = class_id;
             err.method_id = method_id;

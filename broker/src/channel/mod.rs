@@ -101,11 +101,12 @@ impl Channel {
         conn: &mut ConnState,
         m: AMQPClass,
     ) -> Result<(), ChannelError> {
-        if self.pending.is_some() {
-            return Err(ChannelError::new(
-                ReplyCode::UnexpectedFrame,
-                "expected content header for class 60, got non content header frame instead",
-            ));
+        if let Some(p) = &self.pending {
+            return Err(if p.has_header() {
+                expected_content_body()
+            } else {
+                expected_content_header()
+            });
         }
         match m {
             AMQPClass::Basic(b) => match b {
@@ -363,6 +364,32 @@ impl Channel {
         }
         self.flow.settled(u32::MAX);
     }
+}
+
+/// 505 for a content frame where a method was expected.
+pub(crate) fn expected_method_frame() -> ChannelError {
+    ChannelError::new(
+        ReplyCode::UnexpectedFrame,
+        "expected method frame, got non method frame instead",
+    )
+}
+
+/// 505 for anything but a content header after basic.publish.
+fn expected_content_header() -> ChannelError {
+    ChannelError::new(
+        ReplyCode::UnexpectedFrame,
+        "expected content header for class 60, got non content header frame instead",
+    )
+    .on(60, 40)
+}
+
+/// 505 for anything but a body frame while a content's body is incomplete.
+fn expected_content_body() -> ChannelError {
+    ChannelError::new(
+        ReplyCode::UnexpectedFrame,
+        "expected content body, got non content body frame instead",
+    )
+    .on(60, 40)
 }
 
 /// Hands an undeliverable delivery back to its queue, in place.

@@ -24,6 +24,13 @@ pub(super) struct Pending {
     received: u64,
 }
 
+impl Pending {
+    /// True once the content header arrived.
+    pub(super) fn has_header(&self) -> bool {
+        self.properties.is_some()
+    }
+}
+
 impl Channel {
     pub(super) fn start_publish(
         &mut self,
@@ -53,20 +60,21 @@ impl Channel {
         conn: &mut ConnState,
         h: ContentHeader,
     ) -> Result<(), ChannelError> {
-        let Some(p) = self.pending.as_mut().filter(|p| p.properties.is_none()) else {
-            return Err(ChannelError::new(
-                ReplyCode::UnexpectedFrame,
-                "expected method frame, got non method frame instead",
-            ));
+        let Some(p) = self.pending.as_mut() else {
+            return Err(super::expected_method_frame());
         };
+        if p.properties.is_some() {
+            return Err(super::expected_content_body());
+        }
         if h.class_id != 60 {
             return Err(ChannelError::new(
                 ReplyCode::UnexpectedFrame,
                 format!(
-                    "content header for class {} does not match class 60",
+                    "expected content header for class 60, got one for class {} instead",
                     h.class_id
                 ),
-            ));
+            )
+            .on(60, 40));
         }
         let max = conn.shared.config.max_message_size as u64;
         if h.body_size > max {
@@ -90,21 +98,18 @@ impl Channel {
         conn: &mut ConnState,
         b: Bytes,
     ) -> Result<(), ChannelError> {
-        let Some(p) = self.pending.as_mut().filter(|p| p.properties.is_some()) else {
-            return Err(ChannelError::new(
-                ReplyCode::UnexpectedFrame,
-                "expected method frame, got non method frame instead",
-            ));
+        let Some(p) = self.pending.as_mut() else {
+            return Err(super::expected_method_frame());
         };
+        if p.properties.is_none() {
+            return Err(super::expected_content_header());
+        }
         p.received += b.len() as u64;
         if p.received > p.expected {
-            return Err(ChannelError::new(
-                ReplyCode::FrameError,
-                format!(
-                    "content body of {} bytes exceeds the announced size {}",
-                    p.received, p.expected
-                ),
-            ));
+            // As in RabbitMQ, a body longer than announced never completes: the content is
+            // dropped and the next method on the channel is refused.
+            p.body.clear();
+            return Ok(());
         }
         p.body.push(b);
         if p.received == p.expected {

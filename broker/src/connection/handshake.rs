@@ -171,11 +171,17 @@ impl Handshake<'_> {
         while self.buf.len() < 8 {
             self.read_more().await?;
             // A peer speaking something else (HTTP, AMQP 1.0) gets our header right away.
-            if self.buf.len() < 8 && !PROTOCOL_HEADER.starts_with(&self.buf[..]) {
+            if self.buf.len() < 8
+                && !PROTOCOL_HEADER.starts_with(&self.buf[..])
+                && !b"AMQP\x01\x01\x00\x09".starts_with(&self.buf[..])
+            {
                 break;
             }
         }
-        if self.buf.len() < 8 || &self.buf[..8] != PROTOCOL_HEADER {
+        // AMQP 0-9 clients (header `AMQP 1 1 0 9`) speak what 0-9-1 servers accept.
+        if self.buf.len() < 8
+            || (&self.buf[..8] != PROTOCOL_HEADER && &self.buf[..8] != b"AMQP\x01\x01\x00\x09")
+        {
             let _ = self.writer.send(Batch {
                 data: bytes::Bytes::from_static(PROTOCOL_HEADER),
                 written: Vec::new(),

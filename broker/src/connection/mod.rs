@@ -26,7 +26,10 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use warren_amqp::frame::{decode_frame, encode_heartbeat, encode_method, Frame};
+use warren_amqp::frame::{
+    decode_frame, describe_frame, encode_header, encode_heartbeat, encode_method, Frame,
+    FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT,
+};
 use warren_amqp::{connection, method, AMQPClass, ReplyCode};
 
 /// What a channel's handlers need from their connection.
@@ -92,6 +95,8 @@ struct Connection {
     closing_since: Option<Instant>,
     /// Publishes on never-opened channels, by body bytes still expected (None: no header yet).
     unopened_content: HashMap<u16, Option<u64>>,
+    /// The input stream could not be framed: everything read is dropped.
+    unframeable: bool,
 }
 
 /// How a connection ended, for the log.
@@ -141,6 +146,7 @@ pub async fn serve(shared: Arc<BrokerShared>, socket: TcpStream, peer: SocketAdd
         next_epoch: 1,
         closing_since: None,
         unopened_content: HashMap::new(),
+        unframeable: false,
     };
     let end = conn.run().await;
     match &end {
@@ -150,6 +156,21 @@ pub async fn serve(shared: Arc<BrokerShared>, socket: TcpStream, peer: SocketAdd
     }
     conn.cleanup().await;
     conn.flush();
+    if matches!(end, End::ClientClosed) {
+        // As RabbitMQ does, leave closing the socket to the client once it has close-ok.
+        let mut sink = [0u8; 512];
+        let wait = async {
+            while let Ok(n) = conn.reader.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(2), wait) => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+    }
     drop(conn);
     let _ = writer_task.await;
 }
@@ -164,13 +185,16 @@ impl Connection {
         };
         let mut next_tick = Instant::now() + tick;
         loop {
-            if let Some(since) = self.closing_since {
-                if since.elapsed() > Duration::from_secs(3) {
-                    return End::ServerClosed;
-                }
-            }
+            // After connection.close the client has a few seconds to answer close-ok.
+            let close_deadline = self
+                .closing_since
+                .map(|since| since + Duration::from_secs(3))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
+                _ = tokio::time::sleep_until(close_deadline), if self.closing_since.is_some() => {
+                    return End::ServerClosed;
+                }
                 _ = shutdown.cancelled(), if self.closing_since.is_none() => {
                     self.close_connection(
                         ReplyCode::ConnectionForced,
@@ -193,6 +217,7 @@ impl Connection {
                 read = self.reader.read_buf(&mut self.buf) => {
                     match read {
                         Ok(0) => return End::SocketClosed,
+                        Ok(_) if self.unframeable => self.buf.clear(),
                         Ok(_) => {
                             self.last_read = Instant::now();
                             if let Some(end) = self.handle_input().await {
@@ -242,12 +267,16 @@ impl Connection {
                 Ok(Some(f)) => f,
                 Ok(None) => return None,
                 Err(e) => {
-                    if self.closing_since.is_some() {
-                        return Some(End::ServerClosed);
+                    if self.closing_since.is_some() || e.silent {
+                        return Some(End::Error(e.text));
                     }
                     self.close_connection(e.code, &e.text, e.class_id, e.method_id);
-                    // The rest of the stream cannot be framed: stop reading.
-                    return Some(End::Error(e.text));
+                    // The rest of the stream cannot be framed: it is read and dropped until
+                    // the close deadline, so the client sees the close rather than a reset.
+                    tracing::info!(error = %e.text, "closing a connection that sent a bad frame");
+                    self.unframeable = true;
+                    self.buf.clear();
+                    return None;
                 }
             };
             if let Some(end) = self.handle_frame(frame).await {
@@ -287,8 +316,8 @@ impl Connection {
         }
         let result = match frame {
             Frame::Heartbeat(_) => Err(ChannelError::new(
-                ReplyCode::FrameError,
-                format!("heartbeat frame on channel {channel}"),
+                ReplyCode::UnexpectedFrame,
+                describe_frame(FRAME_HEARTBEAT, &[]),
             )),
             Frame::Method(_, m) => self.handle_channel_method(channel, *m).await,
             Frame::Header(_, h) => match self.channels.get_mut(&channel) {
@@ -349,10 +378,25 @@ impl Connection {
                     None
                 }
             },
-            Frame::Header(..) | Frame::Body(..) => {
+            Frame::Header(_, h) => {
+                let mut payload = BytesMut::new();
+                encode_header(&mut payload, 0, h.body_size, h.properties.raw());
+                // The frame's payload without its 7-byte header and frame-end octet.
+                let payload = &payload[7..payload.len() - 1];
+                let mut payload = payload.to_vec();
+                payload[0..2].copy_from_slice(&h.class_id.to_be_bytes());
                 self.close_connection(
                     ReplyCode::UnexpectedFrame,
-                    &ReplyCode::UnexpectedFrame.text("content frame on channel 0"),
+                    &ReplyCode::UnexpectedFrame.text(describe_frame(FRAME_HEADER, &payload)),
+                    0,
+                    0,
+                );
+                None
+            }
+            Frame::Body(_, b) => {
+                self.close_connection(
+                    ReplyCode::UnexpectedFrame,
+                    &ReplyCode::UnexpectedFrame.text(describe_frame(FRAME_BODY, &b)),
                     0,
                     0,
                 );
@@ -475,7 +519,7 @@ impl Connection {
                 *left = left.saturating_sub(b.len() as u64);
                 *left == 0
             }
-            _ => return Err(unexpected_on_closed(channel)),
+            _ => return Err(crate::channel::expected_method_frame()),
         };
         if done {
             self.unopened_content.remove(&channel);
@@ -554,11 +598,4 @@ impl Connection {
             });
         }
     }
-}
-
-fn unexpected_on_closed(channel: u16) -> ChannelError {
-    ChannelError::new(
-        ReplyCode::ChannelError,
-        format!("expected 'channel.open' on channel {channel}"),
-    )
 }
