@@ -1,27 +1,38 @@
-//! The node's shared state: configuration, definitions and the vhosts' run-time state, and
-//! the one place definition changes are executed.
+//! The node's shared state: configuration, definitions, the vhosts' run-time state and the
+//! store, and the one place definition changes are executed.
+//!
+//! Starting a node: the store is opened, the definitions log replayed, what does not survive
+//! a restart (transient exchanges and queues) dropped, the log rewritten as a compact
+//! snapshot, and every durable queue started with what its messages on disk are.
 
 use crate::config::Config;
 use crate::error::ChannelError;
 use crate::exchange::ExchangeRoute;
 use crate::meta::{Change, MetaCommand, Metadata, Permission, UserDef};
-use crate::queue;
+use crate::queue::{self, Disk};
+use crate::store::{RecoveredQueue, Store};
 use crate::vhost::Vhost;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use warren_amqp::ReplyCode;
 
 /// State shared by every task of a node.
 pub struct BrokerShared {
     /// The node's configuration.
     pub config: Config,
-    /// Definitions. A std mutex: held only while a command is applied and its effects on
-    /// the routing snapshots are made, never across an await; this also orders changes.
+    /// Definitions. A std mutex: held only while a command is applied, logged and its
+    /// effects on the routing snapshots made, never across an await; this orders changes.
     meta: Mutex<Metadata>,
     /// Vhosts by name. Read on connection.open, written on vhost add/delete.
     vhosts: RwLock<HashMap<String, Arc<Vhost>>>,
+    /// Messages and the definitions log.
+    pub store: Store,
+    /// What recovery found on disk, per queue store id, taken when the queue starts.
+    recovered: Mutex<HashMap<u64, RecoveredQueue>>,
     /// Cancelled when the node stops.
     pub shutdown: CancellationToken,
     /// Connection tasks, waited for at shutdown.
@@ -30,35 +41,99 @@ pub struct BrokerShared {
     me: Weak<BrokerShared>,
 }
 
+/// Errors starting a node.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The store could not be opened or recovered.
+    Store(crate::store::StoreError),
+    /// A background task failed.
+    Task(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Store(e) => write!(f, "failed to open the store: {e}"),
+            StartError::Task(e) => write!(f, "failed to start: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn encode_command(cmd: &MetaCommand) -> Vec<u8> {
+    // Serializing plain data to JSON cannot fail.
+    serde_json::to_vec(cmd).unwrap_or_default()
+}
+
 impl BrokerShared {
-    /// A node with the default vhost and user.
-    pub fn new(config: Config) -> Result<Arc<Self>, ChannelError> {
+    /// Opens the store under the data directory, recovers definitions and messages, and
+    /// starts every durable queue.
+    pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
+        let dir = config.data_dir.clone();
+        let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))?
+            .map_err(StartError::Store)?;
+        let mut commands = Vec::with_capacity(opened.meta_log.len());
+        for (i, record) in opened.meta_log.iter().enumerate() {
+            match serde_json::from_slice::<MetaCommand>(record) {
+                Ok(cmd) => commands.push(cmd),
+                Err(e) => {
+                    tracing::warn!(record = i, error = %e, "skipping an unreadable definitions record")
+                }
+            }
+        }
+        let fresh = commands.is_empty();
+        let mut meta = Metadata::replay(&commands);
+        meta.retain_durable();
+        if fresh {
+            for cmd in default_definitions(&config) {
+                let _ = meta.apply(cmd);
+            }
+        }
+        let keep: HashSet<u64> = meta
+            .vhosts
+            .iter()
+            .flat_map(|(v, vh)| vh.queues.values().map(move |q| q.store_id(v)))
+            .collect();
+        let compacted: Vec<Vec<u8>> = meta.snapshot().iter().map(encode_command).collect();
+        let (store, recovered) =
+            tokio::task::spawn_blocking(move || opened.recover(&keep, &compacted))
+                .await
+                .map_err(|e| StartError::Task(e.to_string()))?
+                .map_err(StartError::Store)?;
+        let messages: u64 = recovered.values().map(|q| q.count).sum();
+        tracing::info!(
+            vhosts = meta.vhosts.len(),
+            queues = keep_count(&meta),
+            messages,
+            "definitions and messages recovered"
+        );
         let shared = Arc::new_cyclic(|me| BrokerShared {
             config,
             meta: Mutex::new(Metadata::default()),
             vhosts: RwLock::new(HashMap::new()),
+            store,
+            recovered: Mutex::new(recovered),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_id: AtomicU64::new(1),
             me: me.clone(),
         });
-        shared.execute(MetaCommand::AddVhost { name: "/".into() })?;
-        let user = shared.config.default_user.clone();
-        let hash = crate::auth::hash_password(&shared.config.default_pass);
-        shared.execute(MetaCommand::PutUser(UserDef {
-            name: user.clone(),
-            password_hash: hash,
-            tags: vec!["administrator".into()],
-        }))?;
-        shared.execute(MetaCommand::SetPermissions {
-            user,
-            vhost: "/".into(),
-            permission: Permission {
-                configure: ".*".into(),
-                write: ".*".into(),
-                read: ".*".into(),
-            },
-        })?;
+        // Rebuild the run-time state by applying the recovered definitions (not logged again).
+        for cmd in meta.snapshot() {
+            let mut m = shared.meta.lock().unwrap_or_else(|e| e.into_inner());
+            if let Ok(changes) = m.apply(cmd) {
+                shared.react(&m, changes);
+            }
+        }
+        shared
+            .recovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         Ok(shared)
     }
 
@@ -81,12 +156,50 @@ impl BrokerShared {
         f(&self.meta.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Applies a definition change and updates the run-time state to match.
-    pub fn execute(&self, cmd: MetaCommand) -> Result<(), ChannelError> {
+    /// Applies a definition change, updates the run-time state to match, and — for a
+    /// change that survives a restart — returns once it is durable in the log.
+    pub async fn execute(&self, cmd: MetaCommand) -> Result<(), ChannelError> {
+        let Some(rx) = self.execute_logged(cmd)? else {
+            return Ok(());
+        };
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(ChannelError::new(
+                ReplyCode::InternalError,
+                "failed to write the definition change to disk",
+            )),
+        }
+    }
+
+    /// Like `execute`, without waiting for the log write (for changes the node makes itself,
+    /// such as deleting an auto-delete queue).
+    pub fn execute_in_background(&self, cmd: MetaCommand) {
+        if let Err(e) = self.execute_logged(cmd) {
+            tracing::debug!(error = %e, "background definition change refused");
+        }
+    }
+
+    fn execute_logged(
+        &self,
+        cmd: MetaCommand,
+    ) -> Result<Option<oneshot::Receiver<bool>>, ChannelError> {
         let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let durable = cmd.is_durable(&meta);
+        let record = durable.then(|| encode_command(&cmd));
         let changes = meta.apply(cmd)?;
+        // Logged under the lock, so the log has the order the changes were applied in.
+        let rx = record.map(|record| {
+            let (tx, rx) = oneshot::channel();
+            self.store.meta_append(
+                record,
+                Box::new(move |ok| {
+                    let _ = tx.send(ok);
+                }),
+            );
+            rx
+        });
         self.react(&meta, changes);
-        Ok(())
+        Ok(rx)
     }
 
     fn react(&self, meta: &Metadata, changes: Vec<Change>) {
@@ -132,13 +245,25 @@ impl BrokerShared {
                     let (qv, qn) = (vhost.clone(), def.name.clone());
                     let auto_delete = Box::new(move || {
                         if let Some(me) = me.upgrade() {
-                            let _ = me.execute(MetaCommand::DeleteQueue {
+                            me.execute_in_background(MetaCommand::DeleteQueue {
                                 vhost: qv,
                                 name: qn,
                             });
                         }
                     });
-                    let handle = queue::spawn(&def, vh.name.clone(), auto_delete);
+                    let qid = def.store_id(&vhost);
+                    let recovered = self
+                        .recovered
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&qid)
+                        .unwrap_or_default();
+                    let disk = Disk {
+                        store: self.store.clone(),
+                        qid,
+                        recovered,
+                    };
+                    let handle = queue::spawn(&def, vh.name.clone(), Some(disk), auto_delete);
                     vh.update(|r| {
                         r.queues.insert(Arc::from(def.name.as_str()), handle);
                     });
@@ -155,4 +280,31 @@ impl BrokerShared {
             }
         }
     }
+}
+
+fn keep_count(meta: &Metadata) -> usize {
+    meta.vhosts.values().map(|v| v.queues.len()).sum()
+}
+
+/// What a node starts with the first time: vhost `/` and the default user with full
+/// permissions on it.
+fn default_definitions(config: &Config) -> Vec<MetaCommand> {
+    let user = config.default_user.clone();
+    vec![
+        MetaCommand::AddVhost { name: "/".into() },
+        MetaCommand::PutUser(UserDef {
+            name: user.clone(),
+            password_hash: crate::auth::hash_password(&config.default_pass),
+            tags: vec!["administrator".into()],
+        }),
+        MetaCommand::SetPermissions {
+            user,
+            vhost: "/".into(),
+            permission: Permission {
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            },
+        },
+    ]
 }

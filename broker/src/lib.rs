@@ -18,6 +18,7 @@ pub mod message;
 pub mod meta;
 pub mod queue;
 pub mod server;
+pub mod store;
 pub mod vhost;
 
 pub use config::Config;
@@ -41,11 +42,12 @@ impl Broker {
     /// Binds the listener and starts serving on the current tokio runtime.
     pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         let addr = SocketAddr::new(config.bind, config.port);
+        // Recover first: the listener opens once the node can serve what it had.
+        let shared = BrokerShared::start(config).await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("failed to bind the AMQP listener on {addr}: {e}"))?;
         let local_addr = listener.local_addr()?;
-        let shared = BrokerShared::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
         tracing::info!(%local_addr, "AMQP listener started");
         let listener = tokio::spawn(server::run(shared.clone(), listener));
         Ok(RunningBroker {

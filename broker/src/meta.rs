@@ -9,11 +9,12 @@
 //! definitions.
 
 use crate::error::ChannelError;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use warren_amqp::{AMQPValue, FieldTable};
 
 /// The exchange types Warren implements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ExchangeKind {
     /// Routes on exact routing key.
     Direct,
@@ -49,7 +50,7 @@ impl ExchangeKind {
 }
 
 /// An exchange's definition.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExchangeDef {
     /// Its name ("" is the default exchange).
     pub name: String,
@@ -66,7 +67,7 @@ pub struct ExchangeDef {
 }
 
 /// A queue's definition.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueueDef {
     /// Its name.
     pub name: String,
@@ -78,10 +79,21 @@ pub struct QueueDef {
     pub auto_delete: bool,
     /// Declare arguments.
     pub arguments: FieldTable,
+    /// Identifies this incarnation of the queue (a queue deleted and declared again under
+    /// the same name is a new one); its messages on disk are keyed by it.
+    #[serde(default)]
+    pub uid: u64,
+}
+
+impl QueueDef {
+    /// The key prefix of this queue's messages in the store.
+    pub fn store_id(&self, vhost: &str) -> u64 {
+        crate::store::queue_id(vhost, &format!("{}\0{}", self.name, self.uid))
+    }
 }
 
 /// What a binding points at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum DestinationKind {
     /// A queue.
     Queue,
@@ -90,7 +102,7 @@ pub enum DestinationKind {
 }
 
 /// A binding from a source exchange to a queue or exchange.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BindingDef {
     /// The source exchange.
     pub source: String,
@@ -105,7 +117,7 @@ pub struct BindingDef {
 }
 
 /// A user.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserDef {
     /// The user name.
     pub name: String,
@@ -116,7 +128,7 @@ pub struct UserDef {
 }
 
 /// A user's permissions in one vhost: regular expressions over resource names.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Permission {
     /// Which resources the user may declare and delete.
     pub configure: String,
@@ -127,7 +139,7 @@ pub struct Permission {
 }
 
 /// A definition change.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum MetaCommand {
     /// Create a vhost with its predeclared exchanges.
@@ -668,5 +680,185 @@ pub fn string_arg<'a>(args: &'a FieldTable, key: &str) -> Option<&'a str> {
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
         AMQPValue::ShortString(s) => Some(s.as_str()),
         _ => None,
+    }
+}
+
+impl MetaCommand {
+    /// True when the command changes state that survives a restart, so it must be logged
+    /// durably before it is acknowledged. Transient exchanges, queues and their bindings
+    /// are never written to disk.
+    pub fn is_durable(&self, meta: &Metadata) -> bool {
+        match self {
+            MetaCommand::DeclareExchange { def, .. } => def.durable,
+            MetaCommand::DeclareQueue { def, .. } => def.durable && def.exclusive_owner.is_none(),
+            MetaCommand::DeleteExchange { vhost, name, .. } => meta
+                .vhosts
+                .get(vhost)
+                .and_then(|v| v.exchanges.get(name))
+                .is_some_and(|x| x.durable),
+            MetaCommand::DeleteQueue { vhost, name } => meta
+                .vhosts
+                .get(vhost)
+                .and_then(|v| v.queues.get(name))
+                .is_some_and(|q| q.durable),
+            MetaCommand::Bind { vhost, binding } | MetaCommand::Unbind { vhost, binding } => meta
+                .vhosts
+                .get(vhost)
+                .is_some_and(|v| v.binding_is_durable(binding)),
+            _ => true,
+        }
+    }
+}
+
+impl VhostMeta {
+    /// A binding survives a restart when both its ends do.
+    fn binding_is_durable(&self, b: &BindingDef) -> bool {
+        let source = self.exchanges.get(&b.source).is_some_and(|x| x.durable);
+        let dest = match b.destination_kind {
+            DestinationKind::Queue => self.queues.get(&b.destination).is_some_and(|q| q.durable),
+            DestinationKind::Exchange => self
+                .exchanges
+                .get(&b.destination)
+                .is_some_and(|x| x.durable),
+        };
+        source && dest
+    }
+}
+
+impl Metadata {
+    /// Rebuilds definitions from a log: every command applied in order (one that fails, as
+    /// it failed the first time, changes nothing).
+    pub fn replay<'a>(records: impl IntoIterator<Item = &'a MetaCommand>) -> Metadata {
+        let mut meta = Metadata::default();
+        for cmd in records {
+            let _ = meta.apply(cmd.clone());
+        }
+        meta
+    }
+
+    /// Drops what does not survive a restart: transient exchanges, transient and exclusive
+    /// queues, and the bindings that lose an end that way.
+    pub fn retain_durable(&mut self) {
+        for vh in self.vhosts.values_mut() {
+            vh.exchanges.retain(|_, x| x.durable);
+            vh.queues
+                .retain(|_, q| q.durable && q.exclusive_owner.is_none());
+            let keep: Vec<BindingKey> = vh
+                .bindings
+                .iter()
+                .filter(|(_, b)| vh.binding_is_durable(b))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut kept = BTreeMap::new();
+            for k in keep {
+                if let Some(b) = vh.bindings.remove(&k) {
+                    kept.insert(k, b);
+                }
+            }
+            vh.bindings = kept;
+        }
+    }
+
+    /// The shortest log that rebuilds these definitions.
+    pub fn snapshot(&self) -> Vec<MetaCommand> {
+        let mut out = Vec::new();
+        for name in self.vhosts.keys() {
+            out.push(MetaCommand::AddVhost { name: name.clone() });
+        }
+        for user in self.users.values() {
+            out.push(MetaCommand::PutUser(user.clone()));
+        }
+        for ((user, vhost), permission) in &self.permissions {
+            out.push(MetaCommand::SetPermissions {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                permission: permission.clone(),
+            });
+        }
+        for (vname, vh) in &self.vhosts {
+            let predeclared = |n: &str| PREDECLARED.iter().any(|(p, _)| *p == n);
+            for x in vh.exchanges.values().filter(|x| !predeclared(&x.name)) {
+                out.push(MetaCommand::DeclareExchange {
+                    vhost: vname.clone(),
+                    def: x.clone(),
+                });
+            }
+            for q in vh.queues.values() {
+                out.push(MetaCommand::DeclareQueue {
+                    vhost: vname.clone(),
+                    def: q.clone(),
+                });
+            }
+            for b in vh.bindings.values() {
+                out.push(MetaCommand::Bind {
+                    vhost: vname.clone(),
+                    binding: b.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(name: &str, durable: bool, owner: Option<u64>) -> MetaCommand {
+        MetaCommand::DeclareQueue {
+            vhost: "/".into(),
+            def: QueueDef {
+                name: name.into(),
+                durable,
+                exclusive_owner: owner,
+                auto_delete: false,
+                arguments: FieldTable::default(),
+                uid: 1,
+            },
+        }
+    }
+
+    fn bind(queue: &str) -> MetaCommand {
+        MetaCommand::Bind {
+            vhost: "/".into(),
+            binding: BindingDef {
+                source: "amq.direct".into(),
+                destination_kind: DestinationKind::Queue,
+                destination: queue.into(),
+                routing_key: queue.into(),
+                arguments: FieldTable::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn only_durable_definitions_survive_and_the_snapshot_rebuilds_them() {
+        let log = vec![
+            MetaCommand::AddVhost { name: "/".into() },
+            queue("keep", true, None),
+            queue("transient", false, None),
+            queue("exclusive", false, Some(7)),
+            bind("keep"),
+            bind("transient"),
+        ];
+        let mut meta = Metadata::replay(&log);
+        assert!(log[1].is_durable(&meta) && !log[2].is_durable(&meta));
+        assert!(bind("keep").is_durable(&meta) && !bind("transient").is_durable(&meta));
+        meta.retain_durable();
+        let vh = &meta.vhosts["/"];
+        assert_eq!(vh.queues.keys().collect::<Vec<_>>(), vec!["keep"]);
+        assert_eq!(vh.bindings().count(), 1);
+        let again = Metadata::replay(&meta.snapshot());
+        assert_eq!(again.vhosts["/"].queues, vh.queues);
+        assert_eq!(again.vhosts["/"].bindings().count(), 1);
+        assert_eq!(again.vhosts["/"].exchanges.len(), PREDECLARED.len());
+    }
+
+    #[test]
+    fn commands_survive_a_json_round_trip() {
+        let cmd = bind("q");
+        let text = serde_json::to_vec(&cmd).expect("encodes");
+        let back: MetaCommand = serde_json::from_slice(&text).expect("decodes");
+        assert_eq!(back, cmd);
     }
 }

@@ -14,7 +14,7 @@ fn default_exchange_refused() -> ChannelError {
 }
 
 impl Channel {
-    pub(super) fn exchange_declare(
+    pub(super) async fn exchange_declare(
         &mut self,
         conn: &mut ConnState,
         d: exchange::Declare,
@@ -45,17 +45,19 @@ impl Channel {
                     "exchange name '{name}' contains reserved prefix 'amq.*'"
                 )));
             }
-            conn.shared.execute(MetaCommand::DeclareExchange {
-                vhost,
-                def: ExchangeDef {
-                    name: name.to_string(),
-                    kind,
-                    durable: d.durable,
-                    auto_delete: d.auto_delete,
-                    internal: d.internal,
-                    arguments: d.arguments,
-                },
-            })?;
+            conn.shared
+                .execute(MetaCommand::DeclareExchange {
+                    vhost,
+                    def: ExchangeDef {
+                        name: name.to_string(),
+                        kind,
+                        durable: d.durable,
+                        auto_delete: d.auto_delete,
+                        internal: d.internal,
+                        arguments: d.arguments,
+                    },
+                })
+                .await?;
         }
         if !d.nowait {
             conn.send_method(
@@ -66,7 +68,7 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn exchange_delete(
+    pub(super) async fn exchange_delete(
         &mut self,
         conn: &mut ConnState,
         d: exchange::Delete,
@@ -81,11 +83,15 @@ impl Channel {
                 conn.vhost.name
             )));
         }
-        match conn.shared.execute(MetaCommand::DeleteExchange {
-            vhost: conn.vhost.name.to_string(),
-            name: name.to_string(),
-            if_unused: d.if_unused,
-        }) {
+        match conn
+            .shared
+            .execute(MetaCommand::DeleteExchange {
+                vhost: conn.vhost.name.to_string(),
+                name: name.to_string(),
+                if_unused: d.if_unused,
+            })
+            .await
+        {
             // Deleting an exchange that does not exist succeeds, as in RabbitMQ.
             Err(e) if e.code == warren_amqp::ReplyCode::NotFound => {}
             other => other?,
@@ -113,7 +119,7 @@ impl Channel {
         Ok(())
     }
 
-    fn exchange_binding(
+    async fn exchange_binding(
         conn: &mut ConnState,
         source: &str,
         destination: &str,
@@ -132,14 +138,16 @@ impl Channel {
             arguments,
         };
         let vhost = conn.vhost.name.to_string();
-        conn.shared.execute(if bind {
-            MetaCommand::Bind { vhost, binding }
-        } else {
-            MetaCommand::Unbind { vhost, binding }
-        })
+        conn.shared
+            .execute(if bind {
+                MetaCommand::Bind { vhost, binding }
+            } else {
+                MetaCommand::Unbind { vhost, binding }
+            })
+            .await
     }
 
-    pub(super) fn exchange_bind(
+    pub(super) async fn exchange_bind(
         &mut self,
         conn: &mut ConnState,
         b: exchange::Bind,
@@ -151,7 +159,8 @@ impl Channel {
             b.routing_key.as_str(),
             b.arguments,
             true,
-        )?;
+        )
+        .await?;
         if !b.nowait {
             conn.send_method(
                 self.id,
@@ -161,7 +170,7 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn exchange_unbind(
+    pub(super) async fn exchange_unbind(
         &mut self,
         conn: &mut ConnState,
         u: exchange::Unbind,
@@ -173,7 +182,8 @@ impl Channel {
             u.routing_key.as_str(),
             u.arguments,
             false,
-        )?;
+        )
+        .await?;
         if !u.nowait {
             conn.send_method(
                 self.id,
@@ -217,17 +227,20 @@ impl Channel {
                 Some(existing) => existing.check_access(conn.id)?,
                 None => crate::args::validate_queue_args(&name, &vhost, &d.arguments)?,
             }
-            conn.shared.execute(MetaCommand::DeclareQueue {
-                vhost: vhost.clone(),
-                def: QueueDef {
-                    name: name.clone(),
-                    // Exclusive queues never outlive their connection, so never durable.
-                    durable: d.durable && !d.exclusive,
-                    exclusive_owner: d.exclusive.then_some(conn.id),
-                    auto_delete: d.auto_delete,
-                    arguments: d.arguments,
-                },
-            })?;
+            conn.shared
+                .execute(MetaCommand::DeclareQueue {
+                    vhost: vhost.clone(),
+                    def: QueueDef {
+                        name: name.clone(),
+                        // Exclusive queues never outlive their connection, so never durable.
+                        durable: d.durable && !d.exclusive,
+                        exclusive_owner: d.exclusive.then_some(conn.id),
+                        auto_delete: d.auto_delete,
+                        arguments: d.arguments,
+                        uid: rand::random(),
+                    },
+                })
+                .await?;
             if d.exclusive && !conn.exclusive_queues.contains(&name) {
                 conn.exclusive_queues.push(name.clone());
             }
@@ -250,7 +263,7 @@ impl Channel {
         Ok(())
     }
 
-    fn queue_binding(
+    async fn queue_binding(
         &self,
         conn: &mut ConnState,
         queue: &str,
@@ -286,14 +299,16 @@ impl Channel {
             arguments,
         };
         let vhost = conn.vhost.name.to_string();
-        conn.shared.execute(if bind {
-            MetaCommand::Bind { vhost, binding }
-        } else {
-            MetaCommand::Unbind { vhost, binding }
-        })
+        conn.shared
+            .execute(if bind {
+                MetaCommand::Bind { vhost, binding }
+            } else {
+                MetaCommand::Unbind { vhost, binding }
+            })
+            .await
     }
 
-    pub(super) fn queue_bind(
+    pub(super) async fn queue_bind(
         &mut self,
         conn: &mut ConnState,
         b: queue::Bind,
@@ -305,7 +320,8 @@ impl Channel {
             b.routing_key.as_str(),
             b.arguments,
             true,
-        )?;
+        )
+        .await?;
         if !b.nowait {
             conn.send_method(
                 self.id,
@@ -315,7 +331,7 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn queue_unbind(
+    pub(super) async fn queue_unbind(
         &mut self,
         conn: &mut ConnState,
         u: queue::Unbind,
@@ -327,7 +343,8 @@ impl Channel {
             u.routing_key.as_str(),
             u.arguments,
             false,
-        )?;
+        )
+        .await?;
         conn.send_method(
             self.id,
             &AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
@@ -363,10 +380,14 @@ impl Channel {
             Ok(q) => {
                 let n = q.check_delete(d.if_unused, d.if_empty).await?;
                 let name = q.name().to_string();
-                match conn.shared.execute(MetaCommand::DeleteQueue {
-                    vhost: conn.vhost.name.to_string(),
-                    name: name.clone(),
-                }) {
+                match conn
+                    .shared
+                    .execute(MetaCommand::DeleteQueue {
+                        vhost: conn.vhost.name.to_string(),
+                        name: name.clone(),
+                    })
+                    .await
+                {
                     Err(e) if e.code == warren_amqp::ReplyCode::NotFound => {}
                     other => other?,
                 }

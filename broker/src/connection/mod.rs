@@ -592,10 +592,14 @@ impl Connection {
         }
         let vhost = self.state.vhost.name.to_string();
         for name in std::mem::take(&mut self.state.exclusive_queues) {
-            let _ = self.state.shared.execute(MetaCommand::DeleteQueue {
-                vhost: vhost.clone(),
-                name,
-            });
+            let _ = self
+                .state
+                .shared
+                .execute(MetaCommand::DeleteQueue {
+                    vhost: vhost.clone(),
+                    name,
+                })
+                .await;
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use actor::spawn;
+pub(crate) use actor::{spawn, Disk};
 
 /// Capacity of a queue's inbox: publishers wait when a queue falls this far behind.
 pub const INBOX_CAPACITY: usize = 4096;

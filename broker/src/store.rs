@@ -1,0 +1,657 @@
+//! The message and definitions store, on fjall.
+//!
+//! One fjall database per node, with three keyspaces: `msgs` (every message that is on disk:
+//! persistent messages of durable queues, and paged-out bodies of long queues, keyed by queue
+//! id and message id), `qstate` (per queue, the highest message id ever delivered, so that
+//! recovery can set `redelivered`) and `meta` (the definitions log). fjall calls may block the
+//! calling thread (write stalls, fsync), so all of them run on one dedicated store thread fed
+//! by a channel; nothing here runs on a tokio worker.
+//!
+//! Group commit: the thread takes every operation queued since its last round, writes them in
+//! one batch, and — if any of them needs durability (a persistent publish awaiting its
+//! confirm, a definition change) — makes one `fdatasync` for all of them before completing
+//! them. Everything else is written to the OS at the end of the round, which survives a killed
+//! process. A failed write or fsync poisons the store: it accepts nothing more and every
+//! completion after that reports failure, so nothing unwritten is ever confirmed.
+
+use crate::message::Message;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use warren_amqp::Properties;
+
+/// Called with `true` once an operation is durable (or written), `false` if the store failed.
+pub type Done = Box<dyn FnOnce(bool) + Send>;
+
+/// Errors opening or recovering the store.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// fjall failed.
+    Fjall(fjall::Error),
+    /// A record could not be decoded.
+    Corrupt(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Fjall(e) => write!(f, "storage error: {e}"),
+            StoreError::Corrupt(what) => write!(f, "corrupt record: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<fjall::Error> for StoreError {
+    fn from(e: fjall::Error) -> Self {
+        StoreError::Fjall(e)
+    }
+}
+
+/// A message read back from disk.
+#[derive(Debug)]
+pub struct StoredMessage {
+    /// Its id within its queue.
+    pub id: u64,
+    /// The message.
+    pub msg: Arc<Message>,
+    /// True for a persistent message of a durable queue (kept across restarts).
+    pub durable: bool,
+}
+
+/// What recovery found for one queue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveredQueue {
+    /// Messages on disk.
+    pub count: u64,
+    /// Their body bytes.
+    pub bytes: u64,
+    /// Lowest message id on disk.
+    pub min_id: u64,
+    /// Highest message id on disk.
+    pub max_id: u64,
+    /// Highest id delivered before the restart: messages up to it are redelivered.
+    pub delivered: u64,
+}
+
+enum Op {
+    Put {
+        key: [u8; 16],
+        value: Bytes,
+        sync: bool,
+        done: Option<Done>,
+    },
+    Delete {
+        key: [u8; 16],
+    },
+    DeleteRange {
+        from: [u8; 16],
+        to: [u8; 16],
+    },
+    Delivered {
+        queue: u64,
+        id: u64,
+    },
+    ForgetQueue {
+        queue: u64,
+    },
+    MetaAppend {
+        value: Vec<u8>,
+        done: Done,
+    },
+    Read {
+        queue: u64,
+        from_id: u64,
+        max_count: usize,
+        max_bytes: usize,
+        reply: Box<dyn FnOnce(Vec<StoredMessage>) + Send>,
+    },
+    Barrier(Done),
+}
+
+/// A handle to the store thread.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Op>,
+    poisoned: Arc<AtomicBool>,
+}
+
+/// The key of message `id` of queue `queue`.
+pub fn msg_key(queue: u64, id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&queue.to_be_bytes());
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// A stable id for a queue, from its vhost and name.
+pub fn queue_id(vhost: &str, name: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(vhost.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+const FLAG_DURABLE: u8 = 1;
+const RECORD_VERSION: u8 = 1;
+
+/// Encodes a message record: version, flags, exchange, routing key, properties, body.
+pub fn encode_message(msg: &Message, durable: bool) -> Bytes {
+    let props = msg.properties.raw();
+    let mut b = BytesMut::with_capacity(
+        8 + msg.exchange.len() + msg.routing_key.len() + props.len() + msg.body.len(),
+    );
+    b.put_u8(RECORD_VERSION);
+    b.put_u8(if durable { FLAG_DURABLE } else { 0 });
+    b.put_u8(msg.exchange.len() as u8);
+    b.put_slice(msg.exchange.as_bytes());
+    b.put_u8(msg.routing_key.len() as u8);
+    b.put_slice(msg.routing_key.as_bytes());
+    b.put_u32(props.len() as u32);
+    b.put_slice(props);
+    b.put_slice(&msg.body);
+    b.freeze()
+}
+
+/// Decodes a message record.
+pub fn decode_message(mut v: Bytes) -> Result<(Message, bool), StoreError> {
+    fn take_str(v: &mut Bytes, len: usize) -> Result<Arc<str>, StoreError> {
+        if v.remaining() < len {
+            return Err(StoreError::Corrupt("message record truncated".into()));
+        }
+        let s = v.split_to(len);
+        std::str::from_utf8(&s)
+            .map(Arc::from)
+            .map_err(|_| StoreError::Corrupt("name is not UTF-8".into()))
+    }
+    if v.remaining() < 3 || v[0] != RECORD_VERSION {
+        return Err(StoreError::Corrupt("unknown message record version".into()));
+    }
+    v.advance(1);
+    let durable = v.get_u8() & FLAG_DURABLE != 0;
+    let xlen = v.get_u8() as usize;
+    let exchange = take_str(&mut v, xlen)?;
+    if v.remaining() < 1 {
+        return Err(StoreError::Corrupt("message record truncated".into()));
+    }
+    let rlen = v.get_u8() as usize;
+    let routing_key = take_str(&mut v, rlen)?;
+    if v.remaining() < 4 {
+        return Err(StoreError::Corrupt("message record truncated".into()));
+    }
+    let plen = v.get_u32() as usize;
+    if v.remaining() < plen {
+        return Err(StoreError::Corrupt("message record truncated".into()));
+    }
+    let properties = Properties::decode(v.split_to(plen))
+        .map_err(|_| StoreError::Corrupt("message properties".into()))?;
+    Ok((
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            body: v,
+        },
+        durable,
+    ))
+}
+
+/// An open store, before recovery: the definitions log has been read.
+pub struct Opened {
+    /// The definitions log, in order.
+    pub meta_log: Vec<Vec<u8>>,
+    db: Database,
+    msgs: Keyspace,
+    qstate: Keyspace,
+    meta: Keyspace,
+}
+
+/// How much memory fjall may use for its block cache.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Memtable size per keyspace (fjall's default is 64 MiB each).
+const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
+impl Store {
+    /// Opens (or creates) the store under `dir` and reads the definitions log.
+    pub fn open(dir: &Path) -> Result<Opened, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Fjall(fjall::Error::Io(e)))?;
+        let db = Database::builder(dir.join("store"))
+            .cache_size(CACHE_BYTES)
+            .open()?;
+        let msgs = db.keyspace("msgs", || {
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(MEMTABLE_BYTES)
+                .with_kv_separation(Some(
+                    KvSeparationOptions::default().separation_threshold(512),
+                ))
+        })?;
+        let qstate = db.keyspace("qstate", || {
+            KeyspaceCreateOptions::default().max_memtable_size(1024 * 1024)
+        })?;
+        let meta = db.keyspace("meta", || {
+            KeyspaceCreateOptions::default().max_memtable_size(1024 * 1024)
+        })?;
+        let mut meta_log = Vec::new();
+        for item in meta.iter() {
+            let (_, v) = item.into_inner()?;
+            meta_log.push(v.to_vec());
+        }
+        Ok(Opened {
+            meta_log,
+            db,
+            msgs,
+            qstate,
+            meta,
+        })
+    }
+
+    /// True once a write failed: nothing more is accepted.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+
+    fn send(&self, op: Op) {
+        if let Err(mpsc::SendError(op)) = self.tx.send(op) {
+            // The store thread is gone (node stopping): fail whatever waits.
+            fail(op);
+        }
+    }
+
+    /// Writes a message; `sync` makes it durable (fsync) before `done` runs.
+    pub fn put(&self, queue: u64, id: u64, value: Bytes, sync: bool, done: Option<Done>) {
+        self.send(Op::Put {
+            key: msg_key(queue, id),
+            value,
+            sync,
+            done,
+        });
+    }
+
+    /// Deletes a message.
+    pub fn delete(&self, queue: u64, id: u64) {
+        self.send(Op::Delete {
+            key: msg_key(queue, id),
+        });
+    }
+
+    /// Deletes messages `from..=to` of a queue.
+    pub fn delete_range(&self, queue: u64, from: u64, to: u64) {
+        self.send(Op::DeleteRange {
+            from: msg_key(queue, from),
+            to: msg_key(queue, to),
+        });
+    }
+
+    /// Records the highest message id delivered from a queue.
+    pub fn delivered(&self, queue: u64, id: u64) {
+        self.send(Op::Delivered { queue, id });
+    }
+
+    /// Deletes everything a queue has on disk.
+    pub fn forget_queue(&self, queue: u64) {
+        self.send(Op::ForgetQueue { queue });
+    }
+
+    /// Appends a definitions record; `done` runs once it is durable.
+    pub fn meta_append(&self, value: Vec<u8>, done: Done) {
+        self.send(Op::MetaAppend { value, done });
+    }
+
+    /// Reads up to `max_count` messages (or `max_bytes` of bodies) from `from_id` on.
+    pub fn read(
+        &self,
+        queue: u64,
+        from_id: u64,
+        max_count: usize,
+        max_bytes: usize,
+        reply: Box<dyn FnOnce(Vec<StoredMessage>) + Send>,
+    ) {
+        self.send(Op::Read {
+            queue,
+            from_id,
+            max_count,
+            max_bytes,
+            reply,
+        });
+    }
+
+    /// Runs `done` once everything sent before is durable.
+    pub fn barrier(&self, done: Done) {
+        self.send(Op::Barrier(done));
+    }
+}
+
+fn fail(op: Op) {
+    match op {
+        Op::Put { done: Some(d), .. } | Op::MetaAppend { done: d, .. } | Op::Barrier(d) => d(false),
+        Op::Read { reply, .. } => reply(Vec::new()),
+        _ => {}
+    }
+}
+
+impl Opened {
+    /// Scans the messages on disk: keeps the durable records of `keep` queues, deletes
+    /// everything else (paged-out transient messages, queues that no longer exist), rewrites
+    /// the definitions log as `compacted`, and starts the store thread. Returns the store and
+    /// what each kept queue has on disk.
+    pub fn recover(
+        self,
+        keep: &std::collections::HashSet<u64>,
+        compacted: &[Vec<u8>],
+    ) -> Result<(Store, std::collections::HashMap<u64, RecoveredQueue>), StoreError> {
+        let mut found: std::collections::HashMap<u64, RecoveredQueue> = Default::default();
+        let mut batch = self.db.batch();
+        let mut dropped = 0u64;
+        for item in self.msgs.iter() {
+            let (k, v) = item.into_inner()?;
+            let Some((queue, id)) = split_key(&k) else {
+                batch.remove(&self.msgs, k);
+                dropped += 1;
+                continue;
+            };
+            let durable = v.len() >= 2 && v[0] == RECORD_VERSION && v[1] & FLAG_DURABLE != 0;
+            if !keep.contains(&queue) || !durable {
+                batch.remove(&self.msgs, k);
+                dropped += 1;
+                continue;
+            }
+            let body = match decode_message(Bytes::from(v.to_vec())) {
+                Ok((m, _)) => m.body.len() as u64,
+                Err(e) => {
+                    tracing::warn!(queue, id, error = %e, "dropping an unreadable message record");
+                    batch.remove(&self.msgs, k);
+                    dropped += 1;
+                    continue;
+                }
+            };
+            let q = found.entry(queue).or_insert(RecoveredQueue {
+                min_id: id,
+                ..Default::default()
+            });
+            q.count += 1;
+            q.bytes += body;
+            q.min_id = q.min_id.min(id);
+            q.max_id = q.max_id.max(id);
+        }
+        for item in self.qstate.iter() {
+            let (k, v) = item.into_inner()?;
+            let (Ok(qk), Ok(vk)) = (<[u8; 8]>::try_from(&k[..]), <[u8; 8]>::try_from(&v[..]))
+            else {
+                batch.remove(&self.qstate, k);
+                continue;
+            };
+            let queue = u64::from_be_bytes(qk);
+            if keep.contains(&queue) {
+                found.entry(queue).or_default().delivered = u64::from_be_bytes(vk);
+            } else {
+                batch.remove(&self.qstate, k);
+            }
+        }
+        for item in self.meta.iter() {
+            let k = item.key()?;
+            batch.remove(&self.meta, k);
+        }
+        for (i, record) in compacted.iter().enumerate() {
+            batch.insert(&self.meta, (i as u64 + 1).to_be_bytes(), record.clone());
+        }
+        batch.commit()?;
+        self.db.persist(PersistMode::SyncData)?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "removed message records that do not survive a restart"
+            );
+        }
+        let (tx, rx) = mpsc::channel();
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let store = Store {
+            tx,
+            poisoned: poisoned.clone(),
+        };
+        let worker = Worker {
+            db: self.db,
+            msgs: self.msgs,
+            qstate: self.qstate,
+            meta: self.meta,
+            poisoned,
+            next_meta: compacted.len() as u64 + 1,
+        };
+        std::thread::Builder::new()
+            .name("warren-store".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| StoreError::Fjall(fjall::Error::Io(e)))?;
+        Ok((store, found))
+    }
+}
+
+fn split_key(k: &[u8]) -> Option<(u64, u64)> {
+    let key = <[u8; 16]>::try_from(k).ok()?;
+    let (q, id) = key.split_at(8);
+    Some((
+        u64::from_be_bytes(q.try_into().ok()?),
+        u64::from_be_bytes(id.try_into().ok()?),
+    ))
+}
+
+struct Worker {
+    db: Database,
+    msgs: Keyspace,
+    qstate: Keyspace,
+    meta: Keyspace,
+    poisoned: Arc<AtomicBool>,
+    next_meta: u64,
+}
+
+/// Most operations taken into one group-commit round.
+const MAX_ROUND: usize = 4096;
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        let mut round: Vec<Op> = Vec::with_capacity(MAX_ROUND);
+        while let Ok(first) = rx.recv() {
+            round.push(first);
+            while round.len() < MAX_ROUND {
+                match rx.try_recv() {
+                    Ok(op) => round.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.round(&mut round);
+        }
+    }
+
+    fn round(&mut self, round: &mut Vec<Op>) {
+        if self.poisoned.load(Ordering::SeqCst) {
+            for op in round.drain(..) {
+                fail(op);
+            }
+            return;
+        }
+        let mut batch = self.db.batch();
+        let mut ok = true;
+        let mut sync = false;
+        let mut reads = Vec::new();
+        let mut dones: Vec<Done> = Vec::new();
+        for op in round.drain(..) {
+            match op {
+                Op::Put {
+                    key,
+                    value,
+                    sync: s,
+                    done,
+                } => {
+                    batch.insert(&self.msgs, key, value.to_vec());
+                    sync |= s;
+                    dones.extend(done);
+                }
+                Op::Delete { key } => batch.remove(&self.msgs, key),
+                Op::DeleteRange { from, to } => {
+                    // A range is read from the tree: what this round wrote so far goes first.
+                    ok &= self.commit(std::mem::replace(&mut batch, self.db.batch()));
+                    for item in self.msgs.range(from..=to) {
+                        match item.key() {
+                            Ok(k) => batch.remove(&self.msgs, k),
+                            Err(e) => {
+                                tracing::error!(error = %e, "failed to read a range to delete")
+                            }
+                        }
+                    }
+                }
+                Op::Delivered { queue, id } => {
+                    batch.insert(&self.qstate, queue.to_be_bytes(), id.to_be_bytes());
+                }
+                Op::ForgetQueue { queue } => {
+                    ok &= self.commit(std::mem::replace(&mut batch, self.db.batch()));
+                    let (from, to) = (msg_key(queue, 0), msg_key(queue, u64::MAX));
+                    for item in self.msgs.range(from..=to) {
+                        match item.key() {
+                            Ok(k) => batch.remove(&self.msgs, k),
+                            Err(e) => {
+                                tracing::error!(error = %e, "failed to read a queue to delete")
+                            }
+                        }
+                    }
+                    batch.remove(&self.qstate, queue.to_be_bytes());
+                }
+                Op::MetaAppend { value, done } => {
+                    batch.insert(&self.meta, self.next_meta.to_be_bytes(), value);
+                    self.next_meta += 1;
+                    sync = true;
+                    dones.push(done);
+                }
+                Op::Read { .. } => reads.push(op),
+                Op::Barrier(done) => {
+                    sync = true;
+                    dones.push(done);
+                }
+            }
+        }
+        ok &= self.commit(batch);
+        // One write to the OS for the whole round, and one fdatasync if anything waits on it.
+        let mode = if sync {
+            PersistMode::SyncData
+        } else {
+            PersistMode::Buffer
+        };
+        if ok {
+            if let Err(e) = self.db.persist(mode) {
+                tracing::error!(error = %e, "the message store failed to persist: no more writes are accepted, publishers are nacked");
+                ok = false;
+            }
+        }
+        if !ok {
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        for done in dones {
+            done(ok);
+        }
+        for op in reads {
+            if let Op::Read {
+                queue,
+                from_id,
+                max_count,
+                max_bytes,
+                reply,
+            } = op
+            {
+                reply(self.read(queue, from_id, max_count, max_bytes));
+            }
+        }
+    }
+
+    fn commit(&self, batch: fjall::OwnedWriteBatch) -> bool {
+        match batch.commit() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "the message store failed to write: no more writes are accepted, publishers are nacked");
+                false
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        queue: u64,
+        from_id: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Vec<StoredMessage> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in self
+            .msgs
+            .range(msg_key(queue, from_id)..=msg_key(queue, u64::MAX))
+        {
+            let (k, v) = match item.into_inner() {
+                Ok(kv) => kv,
+                Err(e) => {
+                    tracing::error!(error = %e, queue, "failed to read messages from disk");
+                    break;
+                }
+            };
+            let Some((_, id)) = split_key(&k) else {
+                continue;
+            };
+            match decode_message(Bytes::from(v.to_vec())) {
+                Ok((msg, durable)) => {
+                    bytes += msg.body.len();
+                    out.push(StoredMessage {
+                        id,
+                        msg: Arc::new(msg),
+                        durable,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(queue, id, error = %e, "skipping an unreadable message record");
+                }
+            }
+            if out.len() >= max_count || bytes >= max_bytes {
+                break;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(body: &'static [u8]) -> Message {
+        Message {
+            exchange: Arc::from("x"),
+            routing_key: Arc::from("rk"),
+            properties: Properties::default(),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    #[test]
+    fn message_records_round_trip() {
+        let m = msg(b"hello");
+        let (back, durable) = decode_message(encode_message(&m, true)).expect("decodes");
+        assert!(durable);
+        assert_eq!(&*back.exchange, "x");
+        assert_eq!(&*back.routing_key, "rk");
+        assert_eq!(back.body, Bytes::from_static(b"hello"));
+        assert_eq!(back.properties, m.properties);
+        let cut = encode_message(&m, false).slice(..6);
+        assert!(decode_message(cut).is_err());
+    }
+
+    #[test]
+    fn keys_sort_by_queue_then_id() {
+        assert!(msg_key(1, u64::MAX) < msg_key(2, 0));
+        assert!(msg_key(1, 9) < msg_key(1, 10));
+        assert_ne!(queue_id("/", "a"), queue_id("/", "b"));
+        assert_eq!(queue_id("/", "a"), queue_id("/", "a"));
+    }
+}
