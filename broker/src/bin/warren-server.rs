@@ -68,8 +68,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let broker = Broker::start(config).await?;
     tracing::info!(addr = %broker.local_addr(), "Warren started");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
+        _ = term.recv() => tracing::info!("terminated, stopping"),
         _ = broker.stopped() => {}
     }
     broker.shutdown().await;

@@ -4,6 +4,7 @@
 mod basic;
 mod confirms_tx;
 mod connection;
+mod durability;
 mod exchanges;
 mod queues;
 mod raw_frames;

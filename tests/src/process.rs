@@ -1,0 +1,175 @@
+//! A broker in a child process, for tests that must kill it (`kill -9`) or restart it on the
+//! same data directory and port.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// A `warren-server` child process.
+pub struct ServerProcess {
+    child: Option<Child>,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+}
+
+/// The `warren-server` binary of this build, built first if needed.
+pub fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // The test executable is `<target>/<profile>/deps/<name>`; the binary sits in
+        // `<target>/<profile>/`.
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test executable is in <target>/<profile>/deps")
+            .to_path_buf();
+        let target_dir = profile_dir
+            .parent()
+            .expect("the profile directory is in the target directory");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        // Build it (a no-op when it is up to date) so a test never runs a stale binary.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "warren-broker",
+            "--bin",
+            "warren-server",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for warren-server");
+        assert!(status.success(), "building warren-server failed");
+        profile_dir.join("warren-server")
+    })
+    .clone()
+}
+
+/// A free TCP port on loopback (the OS may hand it out again later; tests use it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port")
+}
+
+impl ServerProcess {
+    /// Starts a broker on `port` with its data in `data_dir`, and waits until it accepts
+    /// connections.
+    pub async fn start(data_dir: &Path, port: u16) -> ServerProcess {
+        let child = Command::new(server_binary())
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("WARREN_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start warren-server");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut server = ServerProcess {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("warren-server exited during startup: {status}");
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "warren-server did not accept connections within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The AMQP address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// The process id, for reading its memory use.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Kills the process with SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the process with SIGTERM (a clean shutdown) and waits up to 20 s.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            for _ in 0..400 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("warren-server did not stop within 20 s of SIGTERM");
+        }
+    }
+
+    /// Starts the broker again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let again = ServerProcess::start(&self.data_dir, self.addr.port()).await;
+        *self = again;
+    }
+
+    /// Resident memory of the process in bytes (from /proc).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let pid = self.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
