@@ -5,6 +5,7 @@
 //! a restart (transient exchanges and queues) dropped, the log rewritten as a compact
 //! snapshot, and every durable queue started with what its messages on disk are.
 
+use crate::alarm::{self, Alarms};
 use crate::config::Config;
 use crate::error::ChannelError;
 use crate::exchange::ExchangeRoute;
@@ -15,7 +16,7 @@ use crate::vhost::Vhost;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_amqp::ReplyCode;
@@ -37,6 +38,10 @@ pub struct BrokerShared {
     pub shutdown: CancellationToken,
     /// Connection tasks, waited for at shutdown.
     pub tasks: TaskTracker,
+    /// Resource alarms (disk, memory), watched by every connection.
+    pub alarms: watch::Receiver<Alarms>,
+    /// The alarm limits, changeable at run time.
+    pub alarm_limits: Arc<alarm::Limits>,
     next_id: AtomicU64,
     me: Weak<BrokerShared>,
 }
@@ -111,14 +116,32 @@ impl BrokerShared {
             messages,
             "definitions and messages recovered"
         );
+        let memory_limit = alarm::total_memory()
+            .map(|t| (t as f64 * config.memory_high_watermark) as u64)
+            .unwrap_or(u64::MAX);
+        let alarm_limits = Arc::new(alarm::Limits {
+            disk_free_limit: config.disk_free_limit.into(),
+            memory_high_watermark: memory_limit.into(),
+        });
+        let (alarm_tx, alarms) = watch::channel(Alarms::default());
+        let shutdown = CancellationToken::new();
+        alarm::spawn_monitor(
+            config.data_dir.clone(),
+            alarm_limits.clone(),
+            alarm_tx,
+            std::time::Duration::from_millis(config.alarm_interval_ms.max(10)),
+            shutdown.clone(),
+        );
         let shared = Arc::new_cyclic(|me| BrokerShared {
             config,
             meta: Mutex::new(Metadata::default()),
             vhosts: RwLock::new(HashMap::new()),
             store,
             recovered: Mutex::new(recovered),
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: TaskTracker::new(),
+            alarms,
+            alarm_limits,
             next_id: AtomicU64::new(1),
             me: me.clone(),
         });
@@ -135,6 +158,14 @@ impl BrokerShared {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         Ok(shared)
+    }
+
+    /// Changes the free disk space under which publishers are blocked (takes effect at the
+    /// next check).
+    pub fn set_disk_free_limit(&self, bytes: u64) {
+        self.alarm_limits
+            .disk_free_limit
+            .store(bytes, Ordering::Relaxed);
     }
 
     /// A fresh id for a connection.

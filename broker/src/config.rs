@@ -32,6 +32,14 @@ pub struct Config {
     pub handshake_timeout_secs: u64,
     /// The node name (`name@host`); derived from the host name when unset.
     pub node_name: Option<String>,
+    /// Free disk space, in bytes, under which publishers are blocked (RabbitMQ's
+    /// `disk_free_limit`).
+    pub disk_free_limit: u64,
+    /// Resident memory above which publishers are blocked: a fraction of physical memory
+    /// (RabbitMQ's `vm_memory_high_watermark`).
+    pub memory_high_watermark: f64,
+    /// How often the alarms check disk and memory.
+    pub alarm_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -50,6 +58,9 @@ impl Default for Config {
             loopback_users: vec!["guest".into()],
             handshake_timeout_secs: 10,
             node_name: None,
+            disk_free_limit: 50_000_000,
+            memory_high_watermark: 0.4,
+            alarm_interval_ms: 1000,
         }
     }
 }
@@ -60,6 +71,7 @@ impl Config {
         Config {
             port: 0,
             data_dir: data_dir.to_path_buf(),
+            alarm_interval_ms: 100,
             ..Config::default()
         }
     }

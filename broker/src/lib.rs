@@ -5,6 +5,7 @@
 //! `channel` are the protocol state machines; `vhost` and `exchange` route; `queue` holds the
 //! queue actors; `meta` is the definitions state machine every change goes through.
 
+pub mod alarm;
 pub mod args;
 pub mod auth;
 pub mod broker;

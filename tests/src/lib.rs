@@ -59,6 +59,11 @@ impl TestBroker {
         &self.uri
     }
 
+    /// The in-process node's shared state (None against an external broker).
+    pub fn shared(&self) -> Option<&std::sync::Arc<warren_broker::broker::BrokerShared>> {
+        self.running.as_ref().map(|r| r.shared())
+    }
+
     /// True when the tests run against an external broker (e.g. RabbitMQ) instead of Warren.
     pub fn is_external(&self) -> bool {
         self.running.is_none()

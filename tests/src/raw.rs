@@ -336,6 +336,32 @@ impl RawClient {
         .await;
     }
 
+    /// Completes the handshake as guest on `/`, advertising these client capabilities.
+    pub async fn start_with_capabilities(
+        addr: SocketAddr,
+        capabilities: &[(&str, warren_amqp::AMQPValue)],
+    ) -> RawClient {
+        let mut caps = warren_amqp::FieldTable::default();
+        for (k, v) in capabilities {
+            caps.insert((*k).into(), v.clone());
+        }
+        let mut props = warren_amqp::FieldTable::default();
+        props.insert(
+            "capabilities".into(),
+            warren_amqp::AMQPValue::FieldTable(caps),
+        );
+        let (mut c, _) = Self::start(addr).await;
+        c.start_ok(props, "PLAIN", b"\0guest\0guest").await;
+        let tune = c.expect_tune().await;
+        c.tune_ok(tune.channel_max, tune.frame_max, 0).await;
+        c.send_connection_open("/").await;
+        match c.expect_method(0).await {
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => {}
+            other => panic!("expected connection.open-ok, got {other:?}"),
+        }
+        c
+    }
+
     /// Completes the handshake as guest on `/` with the given tune-ok values.
     pub async fn open_tuned(
         addr: SocketAddr,

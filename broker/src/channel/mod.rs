@@ -269,15 +269,16 @@ impl Channel {
         self.publish_body(conn, b).await
     }
 
-    /// A queue confirmed (or refused) a publish.
-    pub fn confirmed(&mut self, conn: &mut ConnState, seq: u64, ok: bool) {
+    /// A queue confirmed (or refused) a publish. The confirms go out with
+    /// `send_confirms`, once per batch of events, so that runs fold into multiple acks.
+    pub fn confirmed(&mut self, seq: u64, ok: bool) {
         if let Some(t) = self.confirm.as_mut() {
             t.answer(seq, ok);
-            self.send_confirms(conn);
         }
     }
 
-    fn send_confirms(&mut self, conn: &mut ConnState) {
+    /// Writes the confirms that can be sent now.
+    pub fn send_confirms(&mut self, conn: &mut ConnState) {
         let Some(t) = self.confirm.as_mut() else {
             return;
         };

@@ -34,9 +34,10 @@ impl Pending {
 impl Channel {
     pub(super) fn start_publish(
         &mut self,
-        _conn: &mut ConnState,
+        conn: &mut ConnState,
         p: basic::Publish,
     ) -> Result<(), ChannelError> {
+        conn.published = true;
         if p.immediate {
             return Err(ChannelError::new(
                 ReplyCode::NotImplemented,

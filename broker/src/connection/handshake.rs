@@ -25,6 +25,7 @@ pub(super) struct Opened {
     pub channel_max: u16,
     pub heartbeat: u16,
     pub consumer_cancel_notify: bool,
+    pub connection_blocked: bool,
 }
 
 /// What the handshake settled.
@@ -35,6 +36,7 @@ struct Negotiated {
     pub channel_max: u16,
     pub heartbeat: u16,
     pub consumer_cancel_notify: bool,
+    pub connection_blocked: bool,
 }
 
 struct Handshake<'a> {
@@ -75,6 +77,7 @@ pub(super) async fn run(
             channel_max: n.channel_max,
             heartbeat: n.heartbeat,
             consumer_cancel_notify: n.consumer_cancel_notify,
+            connection_blocked: n.connection_blocked,
         }),
         Ok(Err(Fail::Silent)) | Err(_) => None,
         Ok(Err(Fail::Close(code, text, c, m))) => {
@@ -206,6 +209,7 @@ impl Handshake<'_> {
         let failure_close = capability(&start_ok.client_properties, "authentication_failure_close");
         let consumer_cancel_notify =
             capability(&start_ok.client_properties, "consumer_cancel_notify");
+        let connection_blocked = capability(&start_ok.client_properties, "connection.blocked");
         let mechanism = start_ok.mechanism.as_str().to_string();
         if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
             // RabbitMQ drops the socket for a mechanism it did not offer.
@@ -306,6 +310,7 @@ impl Handshake<'_> {
             channel_max,
             heartbeat: tune_ok.heartbeat,
             consumer_cancel_notify,
+            connection_blocked,
         })
     }
 }

@@ -54,6 +54,8 @@ pub struct ConnState {
     pub consumer_cancel_notify: bool,
     /// Exclusive queues this connection declared, deleted when it closes.
     pub exclusive_queues: Vec<String>,
+    /// The connection has published: a resource alarm blocks it.
+    pub published: bool,
 }
 
 impl ConnState {
@@ -97,6 +99,13 @@ struct Connection {
     unopened_content: HashMap<u16, Option<u64>>,
     /// The input stream could not be framed: everything read is dropped.
     unframeable: bool,
+    /// Channels with publisher confirms ready to send.
+    confirms_pending: Vec<u16>,
+    /// The client understands connection.blocked / unblocked.
+    blocked_capability: bool,
+    /// connection.blocked was sent and not yet followed by unblocked.
+    blocked_sent: bool,
+    alarms: tokio::sync::watch::Receiver<crate::alarm::Alarms>,
 }
 
 /// How a connection ended, for the log.
@@ -133,6 +142,7 @@ pub async fn serve(shared: Arc<BrokerShared>, socket: TcpStream, peer: SocketAdd
             credits: Vec::new(),
             consumer_cancel_notify: h.consumer_cancel_notify,
             exclusive_queues: Vec::new(),
+            published: false,
         },
         reader: h.reader,
         buf: h.buf,
@@ -147,6 +157,10 @@ pub async fn serve(shared: Arc<BrokerShared>, socket: TcpStream, peer: SocketAdd
         closing_since: None,
         unopened_content: HashMap::new(),
         unframeable: false,
+        confirms_pending: Vec::new(),
+        blocked_capability: h.connection_blocked,
+        blocked_sent: false,
+        alarms: shared.alarms.clone(),
     };
     let end = conn.run().await;
     match &end {
@@ -185,6 +199,7 @@ impl Connection {
         };
         let mut next_tick = Instant::now() + tick;
         loop {
+            let paused = self.apply_alarms();
             // After connection.close the client has a few seconds to answer close-ok.
             let close_deadline = self
                 .closing_since
@@ -212,9 +227,11 @@ impl Connection {
                                 Err(_) => break,
                             }
                         }
+                        self.send_confirms();
                     }
                 }
-                read = self.reader.read_buf(&mut self.buf) => {
+                _ = self.alarms.changed() => {}
+                read = self.reader.read_buf(&mut self.buf), if !paused => {
                     match read {
                         Ok(0) => return End::SocketClosed,
                         Ok(_) if self.unframeable => self.buf.clear(),
@@ -232,7 +249,8 @@ impl Connection {
                     next_tick = Instant::now() + tick;
                     if self.heartbeat > 0 {
                         let hb = Duration::from_secs(u64::from(self.heartbeat));
-                        if self.last_read.elapsed() > hb * 2 {
+                        // A blocked connection is not read, so its heartbeats are not seen.
+                        if !paused && self.last_read.elapsed() > hb * 2 {
                             return End::Error(format!(
                                 "missed heartbeats from client, timeout: {}s",
                                 self.heartbeat
@@ -246,6 +264,31 @@ impl Connection {
             }
             self.flush();
         }
+    }
+
+    /// Blocks a publishing connection while a resource alarm is raised (and tells the client
+    /// if it understands `connection.blocked`); returns true while reading is paused.
+    fn apply_alarms(&mut self) -> bool {
+        let alarms = *self.alarms.borrow_and_update();
+        let paused = alarms.any() && self.state.published && self.closing_since.is_none();
+        if paused && !self.blocked_sent && self.blocked_capability {
+            self.state.send_method(
+                0,
+                &AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: alarms.reason().into(),
+                })),
+            );
+            self.blocked_sent = true;
+            self.flush();
+        } else if !alarms.any() && self.blocked_sent {
+            self.state.send_method(
+                0,
+                &AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
+            );
+            self.blocked_sent = false;
+            self.flush();
+        }
+        paused
     }
 
     fn flush(&mut self) {
@@ -552,6 +595,15 @@ impl Connection {
         self.closing_since = Some(Instant::now());
     }
 
+    /// Sends the publisher confirms that events made ready, folded per channel.
+    fn send_confirms(&mut self) {
+        for id in std::mem::take(&mut self.confirms_pending) {
+            if let Some(Slot::Open(ch)) = self.channels.get_mut(&id) {
+                ch.send_confirms(&mut self.state);
+            }
+        }
+    }
+
     async fn handle_event(&mut self, ev: ConnEvent) {
         match ev {
             ConnEvent::Deliver(d) => {
@@ -566,7 +618,10 @@ impl Connection {
             ConnEvent::Confirm { channel, seq, ok } => {
                 if let Some(Slot::Open(ch)) = self.channels.get_mut(&channel.channel) {
                     if ch.epoch() == channel.epoch {
-                        ch.confirmed(&mut self.state, seq, ok);
+                        ch.confirmed(seq, ok);
+                        if !self.confirms_pending.contains(&channel.channel) {
+                            self.confirms_pending.push(channel.channel);
+                        }
                     }
                 }
             }

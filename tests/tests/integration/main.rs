@@ -1,6 +1,7 @@
 //! Warren's integration tests: one binary, one module per area. Each test starts a real
 //! broker on an ephemeral port and drives it with real clients (lapin, amqprs) over TCP.
 
+mod alarms;
 mod basic;
 mod confirms_tx;
 mod connection;
