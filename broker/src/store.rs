@@ -16,7 +16,7 @@
 
 use crate::message::Message;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -226,12 +226,10 @@ impl Store {
         let db = Database::builder(dir.join("store"))
             .cache_size(CACHE_BYTES)
             .open()?;
+        // Values stay inline (no key-value separation): deleted messages then leave with the
+        // tables that held them, which a compaction reclaims in one pass.
         let msgs = db.keyspace("msgs", || {
-            KeyspaceCreateOptions::default()
-                .max_memtable_size(MEMTABLE_BYTES)
-                .with_kv_separation(Some(
-                    KvSeparationOptions::default().separation_threshold(512),
-                ))
+            KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
         })?;
         let qstate = db.keyspace("qstate", || {
             KeyspaceCreateOptions::default().max_memtable_size(1024 * 1024)
@@ -423,6 +421,8 @@ impl Opened {
             meta: self.meta,
             poisoned,
             next_meta: compacted.len() as u64 + 1,
+            deletes_since_maintenance: 0,
+            live_records: found.values().map(|q| q.count as i64).sum(),
         };
         std::thread::Builder::new()
             .name("warren-store".into())
@@ -448,7 +448,16 @@ struct Worker {
     meta: Keyspace,
     poisoned: Arc<AtomicBool>,
     next_meta: u64,
+    /// Records deleted since the last compaction.
+    deletes_since_maintenance: u64,
+    /// Message records written minus deleted (an estimate: deletes of missing keys count).
+    live_records: i64,
 }
+
+/// How long the store must be idle before it considers compacting.
+const MAINTENANCE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Deleted records needed before compacting is worth it.
+const MAINTENANCE_MIN_DELETES: u64 = 10_000;
 
 /// Most operations taken into one group-commit round.
 const MAX_ROUND: usize = 4096;
@@ -456,7 +465,15 @@ const MAX_ROUND: usize = 4096;
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Op>) {
         let mut round: Vec<Op> = Vec::with_capacity(MAX_ROUND);
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = match rx.recv_timeout(MAINTENANCE_IDLE) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.maintain();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             round.push(first);
             while round.len() < MAX_ROUND {
                 match rx.try_recv() {
@@ -465,6 +482,11 @@ impl Worker {
                 }
             }
             self.round(&mut round);
+            // Under steady traffic the store is never idle: compact anyway once garbage
+            // clearly dominates, so disk use stays bounded.
+            if self.deletes_since_maintenance >= 2 * self.live_records.max(0) as u64 + 200_000 {
+                self.maintain();
+            }
         }
     }
 
@@ -489,10 +511,14 @@ impl Worker {
                     done,
                 } => {
                     batch.insert(&self.msgs, key, value.to_vec());
+                    self.live_records += 1;
                     sync |= s;
                     dones.extend(done);
                 }
-                Op::Delete { key } => batch.remove(&self.msgs, key),
+                Op::Delete { key } => {
+                    batch.remove(&self.msgs, key);
+                    self.note_delete(1);
+                }
                 Op::DeleteRange { from, to } => {
                     // A range is read from the tree: what this round wrote so far goes first.
                     ok &= self.commit(std::mem::replace(&mut batch, self.db.batch()));
@@ -565,6 +591,51 @@ impl Worker {
                 reply(self.read(queue, from_id, max_count, max_bytes));
             }
         }
+    }
+
+    /// Gives disk space back once enough was deleted: the memtable is flushed (so the
+    /// journal it pinned can go) and the tables compacted, which drops deleted records,
+    /// tombstones and stale blob files. Runs only when the store is idle and most of what it
+    /// holds is garbage, so a large backlog is never rewritten over and over.
+    fn maintain(&mut self) {
+        if self.deletes_since_maintenance < MAINTENANCE_MIN_DELETES
+            || self.poisoned.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        let live = self.live_records.max(0) as u64;
+        if live > self.deletes_since_maintenance {
+            return;
+        }
+        let started = std::time::Instant::now();
+        // Flush every keyspace, compact the messages, then make one more flush: journal
+        // files are released (and old table versions collected) when a memtable rotates
+        // after everything they hold is in tables, and a tiny write gives one to rotate.
+        let marker = msg_key(u64::MAX, u64::MAX);
+        let result = self
+            .msgs
+            .rotate_memtable_and_wait()
+            .and_then(|_| self.msgs.major_compact())
+            .and_then(|_| self.qstate.rotate_memtable_and_wait())
+            .and_then(|_| self.meta.rotate_memtable_and_wait())
+            .and_then(|_| self.msgs.insert(marker, []))
+            .and_then(|_| self.msgs.rotate_memtable_and_wait())
+            .and_then(|_| self.msgs.remove(marker));
+        match result {
+            Ok(()) => tracing::debug!(
+                deleted = self.deletes_since_maintenance,
+                live,
+                took_ms = started.elapsed().as_millis() as u64,
+                "compacted the message store"
+            ),
+            Err(e) => tracing::warn!(error = %e, "failed to compact the message store"),
+        }
+        self.deletes_since_maintenance = 0;
+    }
+
+    fn note_delete(&mut self, n: u64) {
+        self.deletes_since_maintenance += n;
+        self.live_records -= n as i64;
     }
 
     fn commit(&self, batch: fjall::OwnedWriteBatch) -> bool {

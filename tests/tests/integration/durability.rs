@@ -543,3 +543,118 @@ async fn a_long_queue_keeps_its_bodies_on_disk_not_in_memory() {
         assert_eq!(d.data[2047], (i % 251) as u8);
     }
 }
+
+/// Bytes a directory tree takes on disk (allocated blocks, so sparse files count as written).
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// The largest files under `dir`, for failure messages.
+fn largest_files(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if let Ok(m) = e.metadata() {
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files.push((m.blocks() * 512, e.path()));
+                }
+            }
+        }
+    }
+    files.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
+    files
+        .iter()
+        .take(8)
+        .map(|(size, path)| format!("{} KiB {}", size / 1024, path.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_space_comes_back_after_a_queue_is_drained() {
+    // 20,000 persistent messages of 4 KiB: 78 MiB of bodies.
+    const COUNT: u32 = 20_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(dir.path(), free_port()).await;
+    let conn = connect(&server).await;
+    let ch = conn.create_channel().await.expect("channel");
+    durable_queue(&ch, "reclaim", FieldTable::default()).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let mut window = VecDeque::new();
+    for i in 0..COUNT {
+        // Incompressible bodies, so the figures are what messages really take.
+        let mut body = i.to_be_bytes().to_vec();
+        let mut x = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        while body.len() < 4096 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            body.extend_from_slice(&x.to_le_bytes());
+        }
+        let pending = ch
+            .basic_publish(
+                "".into(),
+                "reclaim".into(),
+                BasicPublishOptions::default(),
+                &body,
+                persistent(),
+            )
+            .await
+            .expect("publish");
+        window.push_back(pending);
+        if window.len() > 512 {
+            assert!(window
+                .pop_front()
+                .expect("window")
+                .await
+                .expect("confirm")
+                .is_ack());
+        }
+    }
+    for pending in window {
+        assert!(pending.await.expect("confirm").is_ack());
+    }
+    let full = disk_usage(dir.path());
+    let drained = drain(&ch, "reclaim").await;
+    assert_eq!(drained.len(), COUNT as usize);
+    let reclaimed = warren_tests::eventually(Duration::from_secs(30), || async {
+        disk_usage(dir.path()) < full / 2
+    })
+    .await;
+    let after = disk_usage(dir.path());
+    eprintln!(
+        "store on disk: {} MiB with {COUNT} x 4 KiB queued, {} MiB after draining",
+        full / (1024 * 1024),
+        after / (1024 * 1024)
+    );
+    assert!(
+        reclaimed,
+        "disk use went from {full} to {after} bytes after draining: the space must come back; \
+         files: {}",
+        largest_files(dir.path())
+    );
+}
