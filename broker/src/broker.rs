@@ -293,6 +293,7 @@ impl BrokerShared {
                         store: self.store.clone(),
                         qid,
                         recovered,
+                        confirm_sync: self.config.confirm_sync,
                     };
                     let handle = queue::spawn(&def, vh.name.clone(), Some(disk), auto_delete);
                     vh.update(|r| {

@@ -40,6 +40,11 @@ pub struct Config {
     pub memory_high_watermark: f64,
     /// How often the alarms check disk and memory.
     pub alarm_interval_ms: u64,
+    /// Publisher confirms for persistent messages in durable queues wait for an fsync
+    /// (group commit: one fsync for everything that arrived meanwhile). When false they wait
+    /// only for the write to the OS, which survives a crash of the process but not of the
+    /// machine.
+    pub confirm_sync: bool,
 }
 
 impl Default for Config {
@@ -61,6 +66,7 @@ impl Default for Config {
             disk_free_limit: 50_000_000,
             memory_high_watermark: 0.4,
             alarm_interval_ms: 1000,
+            confirm_sync: true,
         }
     }
 }

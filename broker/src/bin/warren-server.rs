@@ -27,6 +27,16 @@ struct Args {
     /// Heartbeat interval proposed to clients, in seconds (0 disables).
     #[arg(long)]
     heartbeat: Option<u16>,
+    /// Whether confirms of persistent messages wait for an fsync (true) or only for the
+    /// write to the OS (false).
+    #[arg(long)]
+    confirm_sync: Option<bool>,
+    /// Free disk space, in bytes, under which publishers are blocked.
+    #[arg(long)]
+    disk_free_limit: Option<u64>,
+    /// Fraction of physical memory above which publishers are blocked.
+    #[arg(long)]
+    memory_high_watermark: Option<f64>,
 }
 
 fn env_alias(name: &str, alias: &str) -> Option<String> {
@@ -65,6 +75,19 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(h) = args.heartbeat {
         config.heartbeat = h;
+    }
+    if let Some(sync) = args.confirm_sync {
+        config.confirm_sync = sync;
+    }
+    if let Some(limit) = args.disk_free_limit {
+        config.disk_free_limit = limit;
+    }
+    if let Some(w) = args.memory_high_watermark {
+        anyhow::ensure!(
+            w > 0.0 && w <= 1.0,
+            "--memory-high-watermark must be a fraction in (0, 1], got {w}"
+        );
+        config.memory_high_watermark = w;
     }
     let broker = Broker::start(config).await?;
     tracing::info!(addr = %broker.local_addr(), "Warren started");

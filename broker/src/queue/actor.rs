@@ -112,6 +112,8 @@ pub(crate) struct Disk {
     pub qid: u64,
     /// What recovery found for it.
     pub recovered: RecoveredQueue,
+    /// Confirms of persistent messages wait for an fsync (else for the write to the OS).
+    pub confirm_sync: bool,
 }
 
 struct QueueActor {
@@ -329,7 +331,7 @@ impl QueueActor {
                             });
                         }) as store::Done
                     });
-                    disk.store.put(disk.qid, id, value, true, done);
+                    disk.store.put(disk.qid, id, value, disk.confirm_sync, done);
                 } else {
                     disk.store.put(disk.qid, id, value, false, None);
                     Self::confirm(p.confirm, true);

@@ -658,3 +658,53 @@ async fn disk_space_comes_back_after_a_queue_is_drained() {
         largest_files(dir.path())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_write_at_the_journal_tail_is_dropped_and_the_node_starts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = ServerProcess::start(dir.path(), free_port()).await;
+    let conn = connect(&server).await;
+    let ch = conn.create_channel().await.expect("channel");
+    durable_queue(&ch, "torn", FieldTable::default()).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let confirmed = publish_confirmed(ch, "torn".into(), 500).await;
+    assert_eq!(confirmed.len(), 500);
+    server.kill();
+    drop(conn);
+    // A half-written record after the last good one, as a crash during a write leaves it.
+    let journals: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("store"))
+        .expect("store dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
+        .collect();
+    let newest = journals.iter().max().expect("a journal file");
+    let len = std::fs::metadata(newest).expect("journal").len();
+    let mut bytes = std::fs::read(newest).expect("read journal");
+    // The journal is preallocated; the garbage goes right after the written part.
+    let end = bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map(|p| p + 1)
+        .unwrap_or(0);
+    for (i, b) in bytes.iter_mut().skip(end).take(37).enumerate() {
+        *b = 0x5A ^ (i as u8);
+    }
+    std::fs::write(newest, &bytes).expect("write journal");
+    assert_eq!(std::fs::metadata(newest).expect("journal").len(), len);
+
+    server.restart().await;
+    let conn = connect(&server).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let got: HashSet<u32> = drain(&ch, "torn")
+        .await
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        got, confirmed,
+        "every confirmed message survives the torn tail"
+    );
+}
