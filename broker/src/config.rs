@@ -45,6 +45,10 @@ pub struct Config {
     /// only for the write to the OS, which survives a crash of the process but not of the
     /// machine.
     pub confirm_sync: bool,
+    /// How long a consumer may keep a delivery unacked before it is cancelled and its
+    /// unacked messages requeued, in ms (RabbitMQ's `consumer_timeout`; 0 disables). Queues
+    /// override it with `x-consumer-timeout` or a `consumer-timeout` policy.
+    pub consumer_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -67,6 +71,7 @@ impl Default for Config {
             memory_high_watermark: 0.4,
             alarm_interval_ms: 1000,
             confirm_sync: true,
+            consumer_timeout_ms: crate::policy::DEFAULT_CONSUMER_TIMEOUT_MS,
         }
     }
 }

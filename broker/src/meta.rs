@@ -9,6 +9,8 @@
 //! definitions.
 
 use crate::error::ChannelError;
+use crate::policy::Policy;
+pub use crate::policy::{ApplyTo, PolicyDef};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use warren_amqp::{AMQPValue, FieldTable};
@@ -207,6 +209,24 @@ pub enum MetaCommand {
         /// The binding.
         binding: BindingDef,
     },
+    /// Create or replace a policy (validated; applies to existing objects at once).
+    SetPolicy(PolicyDef),
+    /// Remove a policy.
+    ClearPolicy {
+        /// The vhost.
+        vhost: String,
+        /// The policy's name.
+        name: String,
+    },
+    /// Create or replace an operator policy.
+    SetOperatorPolicy(PolicyDef),
+    /// Remove an operator policy.
+    ClearOperatorPolicy {
+        /// The vhost.
+        vhost: String,
+        /// The operator policy's name.
+        name: String,
+    },
 }
 
 /// What applying a command changed, for the runtime to act on.
@@ -244,6 +264,18 @@ pub enum Change {
         /// The queue.
         name: String,
     },
+    /// The policies or operator policies of a vhost changed: every queue and exchange in it
+    /// gets its effective settings again.
+    PoliciesChanged {
+        /// The vhost.
+        vhost: String,
+    },
+}
+
+/// Which map a policy command works on.
+enum PolicyKind {
+    Regular,
+    Operator,
 }
 
 type BindingKey = (String, DestinationKind, String, String, Vec<u8>);
@@ -257,6 +289,10 @@ pub struct VhostMeta {
     pub queues: BTreeMap<String, QueueDef>,
     /// Bindings ordered by source exchange.
     bindings: BTreeMap<BindingKey, BindingDef>,
+    /// Policies by name.
+    pub policies: BTreeMap<String, Policy>,
+    /// Operator policies by name.
+    pub operator_policies: BTreeMap<String, Policy>,
 }
 
 impl VhostMeta {
@@ -283,6 +319,33 @@ impl VhostMeta {
 
     fn has_binding_from(&self, exchange: &str) -> bool {
         self.bindings_from(exchange).next().is_some()
+    }
+
+    /// A queue's effective settings: its arguments merged with the policies applying to it.
+    pub fn queue_settings(
+        &self,
+        def: &QueueDef,
+        default_consumer_timeout: u64,
+    ) -> crate::policy::QueueSettings {
+        use crate::policy::{applying, QueueSettings, Target};
+        QueueSettings::resolve(
+            &def.arguments,
+            applying(self.policies.values(), Target::Queue, &def.name),
+            applying(self.operator_policies.values(), Target::Queue, &def.name),
+            default_consumer_timeout,
+        )
+    }
+
+    /// An exchange's alternate exchange (argument, else policy).
+    pub fn alternate_exchange(&self, def: &ExchangeDef) -> Option<std::sync::Arc<str>> {
+        use crate::policy::{alternate_exchange, applying, Target};
+        if def.name.is_empty() {
+            return None;
+        }
+        alternate_exchange(
+            &def.arguments,
+            applying(self.policies.values(), Target::Exchange, &def.name),
+        )
     }
 }
 
@@ -320,6 +383,12 @@ fn binding_key(b: &BindingDef) -> BindingKey {
 impl Metadata {
     /// Applies a command, returning what changed or the error a client should see.
     pub fn apply(&mut self, cmd: MetaCommand) -> Result<Vec<Change>, ChannelError> {
+        let cmd_kind = match &cmd {
+            MetaCommand::SetOperatorPolicy(_) | MetaCommand::ClearOperatorPolicy { .. } => {
+                PolicyKind::Operator
+            }
+            _ => PolicyKind::Regular,
+        };
         match cmd {
             MetaCommand::AddVhost { name } => {
                 if self.vhosts.contains_key(&name) {
@@ -433,6 +502,36 @@ impl Metadata {
                 let mut changes = remove_bindings_to(vh, &vhost, DestinationKind::Queue, &name);
                 changes.insert(0, Change::QueueRemoved { vhost, name });
                 Ok(changes)
+            }
+            MetaCommand::SetPolicy(def) | MetaCommand::SetOperatorPolicy(def) => {
+                let operator = matches!(cmd_kind, PolicyKind::Operator);
+                let vhost = def.vhost.clone();
+                let policy = Policy::new(def, operator)?;
+                let vh = self.vhost_mut(&vhost)?;
+                let map = if operator {
+                    &mut vh.operator_policies
+                } else {
+                    &mut vh.policies
+                };
+                map.insert(policy.def.name.clone(), policy);
+                Ok(vec![Change::PoliciesChanged { vhost }])
+            }
+            MetaCommand::ClearPolicy { vhost, name }
+            | MetaCommand::ClearOperatorPolicy { vhost, name } => {
+                let operator = matches!(cmd_kind, PolicyKind::Operator);
+                let vh = self.vhost_mut(&vhost)?;
+                let map = if operator {
+                    &mut vh.operator_policies
+                } else {
+                    &mut vh.policies
+                };
+                if map.remove(&name).is_none() {
+                    return Err(ChannelError::new(
+                        warren_amqp::ReplyCode::NotFound,
+                        format!("Parameter does not exist: {name} in vhost '{vhost}'"),
+                    ));
+                }
+                Ok(vec![Change::PoliciesChanged { vhost }])
             }
             MetaCommand::Bind { vhost, binding } => {
                 let vh = self.vhost_mut(&vhost)?;
@@ -794,6 +893,12 @@ impl Metadata {
                     vhost: vname.clone(),
                     binding: b.clone(),
                 });
+            }
+            for p in vh.policies.values() {
+                out.push(MetaCommand::SetPolicy(p.def.clone()));
+            }
+            for p in vh.operator_policies.values() {
+                out.push(MetaCommand::SetOperatorPolicy(p.def.clone()));
             }
         }
         out

@@ -37,6 +37,10 @@ struct Args {
     /// Fraction of physical memory above which publishers are blocked.
     #[arg(long)]
     memory_high_watermark: Option<f64>,
+    /// How long a consumer may hold an unacked delivery before it is cancelled and its
+    /// messages requeued, in milliseconds (0 disables).
+    #[arg(long)]
+    consumer_timeout: Option<u64>,
 }
 
 fn env_alias(name: &str, alias: &str) -> Option<String> {
@@ -78,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(sync) = args.confirm_sync {
         config.confirm_sync = sync;
+    }
+    if let Some(t) = args.consumer_timeout {
+        config.consumer_timeout_ms = t;
     }
     if let Some(limit) = args.disk_free_limit {
         config.disk_free_limit = limit;

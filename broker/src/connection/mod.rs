@@ -625,6 +625,29 @@ impl Connection {
                     }
                 }
             }
+            ConnEvent::ConsumerTimedOut {
+                channel,
+                consumer_tag,
+                queue,
+                msg_ids,
+            } => {
+                if let Some(Slot::Open(ch)) = self.channels.get_mut(&channel.channel) {
+                    if ch.epoch() == channel.epoch {
+                        ch.consumer_timed_out(&mut self.state, &consumer_tag, &queue, &msg_ids);
+                    }
+                }
+            }
+            ConnEvent::Reply {
+                channel,
+                consumer_tag,
+                msg,
+            } => {
+                if let Some(Slot::Open(ch)) = self.channels.get_mut(&channel.channel) {
+                    if ch.epoch() == channel.epoch {
+                        ch.deliver_reply(&mut self.state, &consumer_tag, &msg);
+                    }
+                }
+            }
             ConnEvent::ConsumerCancelled {
                 channel,
                 consumer_tag,
