@@ -183,7 +183,7 @@ pub fn validate_queue_args(name: &str, vhost: &str, args: &FieldTable) -> Result
             "x-max-priority" => match int() {
                 None => Some(not_int()),
                 Some(v) if v < 0 => Some(format!("{{value_negative,{v}}}")),
-                Some(v) if v > 255 => Some(format!("{{max_priority_too_large,{v}}}")),
+                Some(v) if v > 255 => Some(format!("{{max_value_exceeded,{v}}}")),
                 Some(_) => None,
             },
             "x-dead-letter-exchange" => match value {

@@ -113,6 +113,11 @@ enum Op {
         max_bytes: usize,
         reply: Box<dyn FnOnce(Vec<StoredMessage>) + Send>,
     },
+    ReadIds {
+        queue: u64,
+        ids: Vec<u64>,
+        reply: Box<dyn FnOnce(Vec<StoredMessage>) + Send>,
+    },
     Barrier(Done),
 }
 
@@ -380,6 +385,16 @@ impl Store {
         });
     }
 
+    /// Reads the messages with these ids (those still on disk), in the order given.
+    pub fn read_ids(
+        &self,
+        queue: u64,
+        ids: Vec<u64>,
+        reply: Box<dyn FnOnce(Vec<StoredMessage>) + Send>,
+    ) {
+        self.send(Op::ReadIds { queue, ids, reply });
+    }
+
     /// Runs `done` once everything sent before is durable.
     pub fn barrier(&self, done: Done) {
         self.send(Op::Barrier(done));
@@ -389,7 +404,7 @@ impl Store {
 fn fail(op: Op) {
     match op {
         Op::Put { done: Some(d), .. } | Op::MetaAppend { done: d, .. } | Op::Barrier(d) => d(false),
-        Op::Read { reply, .. } => reply(Vec::new()),
+        Op::Read { reply, .. } | Op::ReadIds { reply, .. } => reply(Vec::new()),
         _ => {}
     }
 }
@@ -612,7 +627,7 @@ impl Worker {
                     sync = true;
                     dones.push(done);
                 }
-                Op::Read { .. } => reads.push(op),
+                Op::Read { .. } | Op::ReadIds { .. } => reads.push(op),
                 Op::Barrier(done) => {
                     sync = true;
                     dones.push(done);
@@ -639,15 +654,16 @@ impl Worker {
             done(ok);
         }
         for op in reads {
-            if let Op::Read {
-                queue,
-                from_id,
-                max_count,
-                max_bytes,
-                reply,
-            } = op
-            {
-                reply(self.read(queue, from_id, max_count, max_bytes));
+            match op {
+                Op::Read {
+                    queue,
+                    from_id,
+                    max_count,
+                    max_bytes,
+                    reply,
+                } => reply(self.read(queue, from_id, max_count, max_bytes)),
+                Op::ReadIds { queue, ids, reply } => reply(self.read_ids(queue, &ids)),
+                _ => {}
             }
         }
     }
@@ -705,6 +721,28 @@ impl Worker {
                 false
             }
         }
+    }
+
+    fn read_ids(&self, queue: u64, ids: &[u64]) -> Vec<StoredMessage> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match self.msgs.get(msg_key(queue, id)) {
+                Ok(Some(v)) => match decode_message(Bytes::from(v.to_vec())) {
+                    Ok(d) => out.push(StoredMessage {
+                        id,
+                        msg: Arc::new(d.msg),
+                        durable: d.durable,
+                        expires_at: d.expires_at,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(queue, id, error = %e, "skipping an unreadable message record")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, queue, "failed to read a message from disk"),
+            }
+        }
+        out
     }
 
     fn read(

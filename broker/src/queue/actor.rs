@@ -78,6 +78,14 @@ struct Entry {
     dead: bool,
 }
 
+/// A dead letter held back behind a disk read.
+enum PendingDeadLetter {
+    /// Ready to go.
+    Ready(Arc<Message>, Reason),
+    /// This tail message expired and is being read back, to be dead-lettered as expired.
+    OnDisk(u64),
+}
+
 struct Unacked {
     entry: Entry,
     channel: ChannelKey,
@@ -168,8 +176,11 @@ struct QueueActor {
     index: BTreeMap<(u64, u64), (u8, u32)>,
     /// Tail messages expired before they were loaded (skipped when a refill returns them).
     tail_removed: BTreeSet<u64>,
-    expired_tx: mpsc::UnboundedSender<(u64, Vec<StoredMessage>)>,
+    expired_tx: mpsc::UnboundedSender<(Vec<u64>, Vec<StoredMessage>)>,
     dead_letterer: DeadLetterer,
+    /// Dead letters waiting for an earlier one that is being read from disk, so that they
+    /// leave in the order the messages died.
+    dl_queue: VecDeque<PendingDeadLetter>,
     /// When consumer timeouts were last checked.
     last_timeout_check: Instant,
 }
@@ -243,6 +254,7 @@ pub(crate) fn spawn(
             vhost: Arc::downgrade(vhost),
             queue: handle.clone(),
         },
+        dl_queue: VecDeque::new(),
         last_timeout_check: Instant::now(),
     };
     tokio::spawn(actor.run(rx, dl_rx, loaded_rx, expired_rx, settings_rx, stop));
@@ -255,7 +267,7 @@ impl QueueActor {
         mut rx: mpsc::Receiver<QueueCmd>,
         mut dl_rx: mpsc::UnboundedReceiver<Publish>,
         mut loaded_rx: mpsc::UnboundedReceiver<Vec<StoredMessage>>,
-        mut expired_rx: mpsc::UnboundedReceiver<(u64, Vec<StoredMessage>)>,
+        mut expired_rx: mpsc::UnboundedReceiver<(Vec<u64>, Vec<StoredMessage>)>,
         mut settings_rx: watch::Receiver<Arc<QueueSettings>>,
         stop: CancellationToken,
     ) {
@@ -278,8 +290,8 @@ impl QueueActor {
                     }
                 }
                 expired = expired_rx.recv() => {
-                    if let Some((id, msgs)) = expired {
-                        self.expired_from_disk(id, msgs);
+                    if let Some((ids, msgs)) = expired {
+                        self.expired_from_disk(ids, msgs);
                     }
                 }
                 dead = dl_rx.recv() => {
@@ -312,9 +324,8 @@ impl QueueActor {
                 self.expire(now_ms());
             }
             self.check_consumer_timeouts();
-            if self.check_queue_expiry() {
-                // The queue deletes itself; its actor stops when the deletion reaches it.
-            }
+            // An expired queue deletes itself; its actor stops when the deletion reaches it.
+            self.check_queue_expiry();
             self.dispatch();
             self.serve_gets();
             self.refill();
@@ -457,8 +468,21 @@ impl QueueActor {
         }
     }
 
-    /// Dead-letters a message if the queue has a dead-letter exchange.
-    fn dead_letter(&self, msg: &Message, reason: Reason) {
+    /// Dead-letters a message if the queue has a dead-letter exchange (after any dead
+    /// letters still being read from disk).
+    fn dead_letter(&mut self, msg: &Arc<Message>, reason: Reason) {
+        if self.settings.dead_letter_exchange.is_none() {
+            return;
+        }
+        if self.dl_queue.is_empty() {
+            self.send_dead_letter(msg, reason);
+        } else {
+            self.dl_queue
+                .push_back(PendingDeadLetter::Ready(msg.clone(), reason));
+        }
+    }
+
+    fn send_dead_letter(&self, msg: &Message, reason: Reason) {
         if let Some(dlx) = &self.settings.dead_letter_exchange {
             self.dead_letterer.publish(
                 msg,
@@ -503,14 +527,6 @@ impl QueueActor {
             }
             return Self::confirm(p.confirm, false);
         }
-        let expires_at = self.expiry_for(&p.msg);
-        let indexed = match expires_at {
-            Some(at) => {
-                self.ttl_in_use = true;
-                self.needs_index(at)
-            }
-            None => false,
-        };
         let id = self.next_id;
         self.next_id += 1;
         let durable_record = self.durable && p.msg.properties.is_persistent();
@@ -519,6 +535,18 @@ impl QueueActor {
             || (!priority_queue
                 && (self.head_slots >= MAX_HEAD_MESSAGES
                     || self.head_bytes + size > MAX_HEAD_BYTES));
+        let expires_at = self.expiry_for(&p.msg);
+        let indexed = match expires_at {
+            Some(at) => {
+                self.ttl_in_use = true;
+                // A message on disk expires from the front only while nothing is indexed:
+                // otherwise it could come due before it is loaded, after indexed messages
+                // that die later than it.
+                let mixed = to_tail && !self.index.is_empty();
+                self.needs_index(at) || mixed
+            }
+            None => false,
+        };
         match &self.disk {
             Some(disk) if durable_record || to_tail => {
                 let value = store::encode_message(&p.msg, durable_record, expires_at);
@@ -660,83 +688,127 @@ impl QueueActor {
         self.forget(&e);
     }
 
-    /// Expires every message whose TTL passed: from the front of each lane, and through the
-    /// expiry index wherever they are.
+    /// Expires every message whose TTL passed, in order of expiry: front-ordered messages
+    /// from the front of the queue, the others through the expiry index, wherever they are.
     fn expire(&mut self, now: u64) {
-        for lane in 0..self.lanes.len() {
-            while let Some(front) = self.lanes[lane].front() {
-                if front.dead {
+        let mut from_disk: Vec<u64> = Vec::new();
+        loop {
+            for lane in 0..self.lanes.len() {
+                while self.lanes[lane].front().is_some_and(|e| e.dead) {
                     self.lanes[lane].pop_front();
                     self.head_slots -= 1;
-                } else if front.expires_at.is_some_and(|at| at < now) {
-                    let Some(e) = self.lanes[lane].pop_front() else {
-                        break;
-                    };
-                    self.head_slots -= 1;
-                    self.head_count -= 1;
-                    self.head_bytes -= e.msg.size() as u64;
-                    self.expire_entry(e);
-                } else {
-                    break;
                 }
             }
-        }
-        while let Some((&(at, id), &(lane, size))) = self.index.first_key_value() {
-            if at >= now {
-                break;
-            }
-            self.index.remove(&(at, id));
-            if self.tail.count > 0 && id >= self.tail.next {
-                // Still on disk: uncount it now, then dead-letter or delete its record.
-                self.tail.count -= 1;
-                self.tail.bytes = self.tail.bytes.saturating_sub(u64::from(size));
-                self.tail_removed.insert(id);
-                if let Some(disk) = &self.disk {
-                    if self.settings.dead_letter_exchange.is_some() {
-                        let tx = self.expired_tx.clone();
-                        disk.store.read(
-                            disk.qid,
-                            id,
-                            1,
-                            1,
-                            Box::new(move |msgs| {
-                                let _ = tx.send((id, msgs));
-                            }),
-                        );
-                    } else {
-                        disk.store.delete(disk.qid, id);
+            // Every message of a priority queue is indexed: only one lane can hold
+            // front-ordered ones.
+            let ordered = match self.lanes.len() {
+                1 => self.lanes[0]
+                    .front()
+                    .filter(|e| !e.indexed)
+                    .and_then(|e| e.expires_at),
+                _ => None,
+            };
+            let indexed = self
+                .index
+                .first_key_value()
+                .map(|(&(at, id), &v)| (at, id, v));
+            match (ordered, indexed) {
+                (Some(o), i) if o < now && i.is_none_or(|(at, _, _)| o <= at) => {
+                    if let Some(e) = self.lanes[0].pop_front() {
+                        self.head_slots -= 1;
+                        self.head_count -= 1;
+                        self.head_bytes -= e.msg.size() as u64;
+                        self.expire_entry(e);
                     }
                 }
-                continue;
-            }
-            let lane = usize::from(lane).min(self.lanes.len() - 1);
-            let Ok(pos) = self.lanes[lane].binary_search_by_key(&id, |e| e.id) else {
-                continue;
-            };
-            let e = &mut self.lanes[lane][pos];
-            if e.dead {
-                continue;
-            }
-            e.dead = true;
-            let msg = std::mem::replace(&mut e.msg, GONE.clone());
-            let on_disk = e.on_disk;
-            self.head_count -= 1;
-            self.head_bytes -= msg.size() as u64;
-            self.dead_letter(&msg, Reason::Expired);
-            if on_disk {
-                if let Some(disk) = &self.disk {
-                    disk.store.delete(disk.qid, id);
+                (_, Some((at, id, (lane, size)))) if at < now => {
+                    self.index.remove(&(at, id));
+                    self.expire_indexed(id, usize::from(lane), size, &mut from_disk);
                 }
+                _ => break,
+            }
+        }
+        if !from_disk.is_empty() {
+            // One read for every tail message that expired in this pass; each holds its
+            // place among the dead letters until the read returns.
+            if let Some(disk) = &self.disk {
+                let tx = self.expired_tx.clone();
+                let ids = from_disk.clone();
+                disk.store.read_ids(
+                    disk.qid,
+                    from_disk,
+                    Box::new(move |msgs| {
+                        let _ = tx.send((ids, msgs));
+                    }),
+                );
             }
         }
     }
 
-    /// The record of a tail message that expired on disk, read back to be dead-lettered.
-    fn expired_from_disk(&mut self, id: u64, msgs: Vec<StoredMessage>) {
-        if let Some(m) = msgs.into_iter().next().filter(|m| m.id == id) {
-            self.dead_letter(&m.msg, Reason::Expired);
+    /// Expires an indexed message (already out of the index) where it is: marked dead in
+    /// its lane, or uncounted from the tail (its record then read back for dead-lettering,
+    /// or deleted).
+    fn expire_indexed(&mut self, id: u64, lane: usize, size: u32, from_disk: &mut Vec<u64>) {
+        if self.tail.count > 0 && id >= self.tail.next {
+            self.tail.count -= 1;
+            self.tail.bytes = self.tail.bytes.saturating_sub(u64::from(size));
+            self.tail_removed.insert(id);
+            if self.settings.dead_letter_exchange.is_some() {
+                from_disk.push(id);
+                self.dl_queue.push_back(PendingDeadLetter::OnDisk(id));
+            } else if let Some(disk) = &self.disk {
+                disk.store.delete(disk.qid, id);
+            }
+            return;
+        }
+        let lane = lane.min(self.lanes.len() - 1);
+        let Ok(pos) = self.lanes[lane].binary_search_by_key(&id, |e| e.id) else {
+            return;
+        };
+        let e = &mut self.lanes[lane][pos];
+        if e.dead {
+            return;
+        }
+        e.dead = true;
+        let msg = std::mem::replace(&mut e.msg, GONE.clone());
+        let on_disk = e.on_disk;
+        self.head_count -= 1;
+        self.head_bytes -= msg.size() as u64;
+        self.dead_letter(&msg, Reason::Expired);
+        if on_disk {
             if let Some(disk) = &self.disk {
                 disk.store.delete(disk.qid, id);
+            }
+        }
+    }
+
+    /// The records of tail messages that expired on disk, read back to be dead-lettered
+    /// in their turn.
+    fn expired_from_disk(&mut self, ids: Vec<u64>, msgs: Vec<StoredMessage>) {
+        if let Some(disk) = &self.disk {
+            for m in &msgs {
+                disk.store.delete(disk.qid, m.id);
+            }
+        }
+        let read: std::collections::HashSet<u64> = ids.into_iter().collect();
+        let mut found: HashMap<u64, Arc<Message>> =
+            msgs.into_iter().map(|m| (m.id, m.msg)).collect();
+        let pending = std::mem::take(&mut self.dl_queue);
+        for p in pending {
+            match p {
+                PendingDeadLetter::OnDisk(id) if read.contains(&id) => {
+                    // A record already gone (purged meanwhile) is simply skipped.
+                    if let Some(msg) = found.remove(&id) {
+                        self.dl_queue
+                            .push_back(PendingDeadLetter::Ready(msg, Reason::Expired));
+                    }
+                }
+                other => self.dl_queue.push_back(other),
+            }
+        }
+        while let Some(PendingDeadLetter::Ready(..)) = self.dl_queue.front() {
+            if let Some(PendingDeadLetter::Ready(msg, reason)) = self.dl_queue.pop_front() {
+                self.send_dead_letter(&msg, reason);
             }
         }
     }
