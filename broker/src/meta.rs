@@ -960,6 +960,62 @@ mod tests {
     }
 
     #[test]
+    fn policies_are_logged_and_rebuilt_from_the_snapshot() {
+        let policy = |name: &str, definition: serde_json::Value| PolicyDef {
+            vhost: "/".into(),
+            name: name.into(),
+            pattern: "^kept\\.".into(),
+            apply_to: ApplyTo::Queues,
+            priority: 1,
+            definition,
+        };
+        let log = vec![
+            MetaCommand::AddVhost { name: "/".into() },
+            queue("kept.q", true, None),
+            MetaCommand::SetPolicy(policy(
+                "limits",
+                serde_json::json!({"max-length": 3, "message-ttl": 60000}),
+            )),
+            MetaCommand::SetOperatorPolicy(policy("cap", serde_json::json!({"max-length": 2}))),
+        ];
+        let meta = Metadata::replay(&log);
+        assert!(log[2].is_durable(&meta) && log[3].is_durable(&meta));
+        // The log is JSON: policies come back from it as they went in.
+        let text = serde_json::to_vec(&log[2]).expect("encodes");
+        assert_eq!(
+            serde_json::from_slice::<MetaCommand>(&text).expect("decodes"),
+            log[2]
+        );
+        let again = Metadata::replay(&meta.snapshot());
+        let vh = &again.vhosts["/"];
+        assert_eq!(
+            vh.policies["limits"].def,
+            meta.vhosts["/"].policies["limits"].def
+        );
+        let s = vh.queue_settings(&vh.queues["kept.q"], 0);
+        assert_eq!(s.max_length, Some(2), "the operator policy caps the limit");
+        assert_eq!(s.message_ttl, Some(60000));
+        assert_eq!(
+            (s.policy.as_deref(), s.operator_policy.as_deref()),
+            (Some("limits"), Some("cap"))
+        );
+        let cleared = {
+            let mut m = again.clone();
+            m.apply(MetaCommand::ClearOperatorPolicy {
+                vhost: "/".into(),
+                name: "cap".into(),
+            })
+            .expect("clear");
+            m
+        };
+        let vh = &cleared.vhosts["/"];
+        assert_eq!(
+            vh.queue_settings(&vh.queues["kept.q"], 0).max_length,
+            Some(3)
+        );
+    }
+
+    #[test]
     fn commands_survive_a_json_round_trip() {
         let cmd = bind("q");
         let text = serde_json::to_vec(&cmd).expect("encodes");

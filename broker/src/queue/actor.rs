@@ -493,15 +493,14 @@ impl QueueActor {
         }
     }
 
-    /// The expiry a message gets on entering the queue: the smaller of the queue's TTL and
-    /// the message's own `expiration`.
-    fn expiry_for(&self, msg: &Message) -> Option<u64> {
-        let ttl = match (self.settings.message_ttl, msg.properties.expiration_ms()) {
-            (None, None) => return None,
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-        };
-        Some(now_ms().saturating_add(ttl))
+    /// The TTL a message gets on entering the queue: the smaller of the queue's TTL and the
+    /// message's own `expiration`.
+    fn ttl_for(&self, msg: &Message) -> Option<u64> {
+        match (self.settings.message_ttl, msg.properties.expiration_ms()) {
+            (None, None) => None,
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (Some(a), None) | (None, Some(a)) => Some(a),
+        }
     }
 
     /// Whether an entry with this expiry must go into the expiry index (else it expires
@@ -535,7 +534,8 @@ impl QueueActor {
             || (!priority_queue
                 && (self.head_slots >= MAX_HEAD_MESSAGES
                     || self.head_bytes + size > MAX_HEAD_BYTES));
-        let expires_at = self.expiry_for(&p.msg);
+        let ttl = self.ttl_for(&p.msg);
+        let expires_at = ttl.map(|t| now_ms().saturating_add(t));
         let indexed = match expires_at {
             Some(at) => {
                 self.ttl_in_use = true;
@@ -595,6 +595,11 @@ impl QueueActor {
                     dead: false,
                 },
             );
+            if ttl == Some(0) && self.ready_count() == 1 {
+                // A TTL of 0 means "deliver now or never": the consumers get a chance
+                // before the clock is looked at again.
+                self.dispatch_unchecked();
+            }
         }
         self.enforce_limits();
     }
@@ -1127,12 +1132,21 @@ impl QueueActor {
     }
 
     fn dispatch(&mut self) {
+        self.dispatch_at(true);
+    }
+
+    /// Delivers without looking at expiry (only the message just published is ready).
+    fn dispatch_unchecked(&mut self) {
+        self.dispatch_at(false);
+    }
+
+    fn dispatch_at(&mut self, check_expiry: bool) {
         if self.consumers.is_empty() {
             return;
         }
         let at = Instant::now();
         loop {
-            let now = self.now();
+            let now = if check_expiry { self.now() } else { 0 };
             if !self.clean_front(now) {
                 return;
             }
