@@ -45,6 +45,36 @@ const CLIENTS: &[Client] = &[
         timeout: Duration::from_secs(60),
     },
     Client {
+        name: "pika-select",
+        argv: &[PY, "{INTEROP_DIR}/python/pika_select.py"],
+        timeout: Duration::from_secs(60),
+    },
+    Client {
+        name: "aio-pika",
+        argv: &[PY, "{INTEROP_DIR}/python/aio_pika_client.py"],
+        timeout: Duration::from_secs(60),
+    },
+    Client {
+        name: "kombu",
+        argv: &[PY, "{INTEROP_DIR}/python/kombu_client.py"],
+        timeout: Duration::from_secs(60),
+    },
+    Client {
+        name: "celery",
+        argv: &[PY, "{INTEROP_DIR}/python/celery_client.py"],
+        timeout: Duration::from_secs(120),
+    },
+    Client {
+        name: "amqplib-callback",
+        argv: &["{NODE}", "{INTEROP_DIR}/node/callback_api.js"],
+        timeout: Duration::from_secs(60),
+    },
+    Client {
+        name: "amqplib-promise",
+        argv: &["{NODE}", "{INTEROP_DIR}/node/promise_api.js"],
+        timeout: Duration::from_secs(60),
+    },
+    Client {
         name: "amqp091-go",
         argv: &["{GO_BIN}"],
         timeout: Duration::from_secs(60),
@@ -78,13 +108,15 @@ async fn third_party_clients_pass_every_interop_scenario() {
             })
     };
 
+    // Where Node finds amqplib and amqp-connection-manager.
+    let env = vec![("NODE_PATH".to_string(), vars["NODE_PATH"].clone())];
     let mut report = Report::default();
     for client in CLIENTS {
         if !selected(client.name, None) {
             continue;
         }
         let argv: Vec<String> = client.argv.iter().map(|a| substitute(a, &vars)).collect();
-        let scenarios = match list_scenarios(&argv).await {
+        let scenarios = match list_scenarios(&argv, &env).await {
             Ok(s) => s,
             Err(e) => {
                 report.record(client.name, "--list", Outcome::Fail, Duration::ZERO, e);
@@ -96,7 +128,7 @@ async fn third_party_clients_pass_every_interop_scenario() {
                 continue;
             }
             let begun = Instant::now();
-            let run = run_scenario(&argv, &scenario, client.timeout).await;
+            let run = run_scenario(&argv, &env, &scenario, client.timeout).await;
             let took = begun.elapsed();
             let known_reason = known.get(&(client.name.to_string(), scenario.clone()));
             let (outcome, detail) = match (run.passed, known_reason) {
@@ -196,10 +228,13 @@ fn known_failures(path: &Path) -> BTreeMap<(String, String), String> {
         .collect()
 }
 
-async fn list_scenarios(argv: &[String]) -> Result<Vec<String>, String> {
+async fn list_scenarios(argv: &[String], env: &Env) -> Result<Vec<String>, String> {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        command(argv).arg("--list").stdin(Stdio::null()).output(),
+        command(argv, env)
+            .arg("--list")
+            .stdin(Stdio::null())
+            .output(),
     )
     .await
     .map_err(|_| format!("{} --list timed out", argv.join(" ")))?
@@ -225,9 +260,13 @@ async fn list_scenarios(argv: &[String]) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-fn command(argv: &[String]) -> Command {
+/// Environment variables every scenario program gets.
+type Env = Vec<(String, String)>;
+
+fn command(argv: &[String], env: &Env) -> Command {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     // Its own process group, so a timeout also ends whatever the scenario started (a Celery
     // worker, a consumer tool).
     cmd.process_group(0);
@@ -241,7 +280,7 @@ struct Run {
 }
 
 /// Runs one scenario against a fresh broker, serving restart requests.
-async fn run_scenario(argv: &[String], scenario: &str, timeout: Duration) -> Run {
+async fn run_scenario(argv: &[String], env: &Env, scenario: &str, timeout: Duration) -> Run {
     let mut broker = Broker::start().await;
     let prefix = format!(
         "interop-{}-{}",
@@ -251,7 +290,7 @@ async fn run_scenario(argv: &[String], scenario: &str, timeout: Duration) -> Run
             .map(|d| d.as_millis())
             .unwrap_or(0)
     );
-    let mut child = match command(argv)
+    let mut child = match command(argv, env)
         .arg(scenario)
         .env("AMQP_URL", broker.uri())
         .env("WARREN_INTEROP_PREFIX", &prefix)
@@ -544,14 +583,15 @@ impl Report {
     }
 }
 
-/// The last non-empty line of a scenario's output, the one that usually says why it failed.
+/// The line that says why a scenario failed: the last `FAILED:` line its program printed, or
+/// else its last non-empty line.
 fn last_line(s: &str) -> String {
-    s.lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with("[harness] exited"))
+    let lines = || s.lines().rev().map(str::trim);
+    lines()
+        .find(|l| l.starts_with("FAILED:"))
+        .or_else(|| lines().find(|l| !l.is_empty() && !l.starts_with("[harness] exited")))
         .unwrap_or("")
         .chars()
-        .take(160)
+        .take(200)
         .collect()
 }

@@ -681,6 +681,8 @@ func recovery() {
 	must(err, "redeclare")
 	publish(ch, "", q, []byte("after"), amqp.Publishing{})
 	eq(string(getOne(ch, q).Body), "after", "after the restart")
+	_, err = ch.QueueDelete(q, false, false, false)
+	must(err, "delete")
 	// Checked last, so that a wrong text does not hide whether reconnecting works.
 	eq(closed.Reason, "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
 		"connection.close text at the restart")

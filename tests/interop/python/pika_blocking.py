@@ -509,8 +509,10 @@ def recovery():
     ch = conn.channel()
     ch.queue_declare(q, auto_delete=True)
     ch.basic_publish("", q, b"after")
-    _, _, body = get_one(ch, q)
+    m, _, body = get_one(ch, q)
     eq(body, b"after", "after the restart")
+    ch.basic_ack(m.delivery_tag)
+    ch.queue_delete(q)
     conn.close()
     # Checked last, so that a wrong text does not hide whether reconnecting works.
     eq(close, (SHUTDOWN_CODE, SHUTDOWN_TEXT), "connection.close at the restart")
