@@ -74,8 +74,13 @@ py_stamp="$(hash_of "$here/python/requirements.txt" <(python3 --version 2>&1))"
 if [[ ! -x $venv/bin/python || "$(cat "$venv/.warren-stamp" 2>/dev/null)" != "$py_stamp" ]]; then
     log "creating the Python venv in $venv"
     rm -rf "$venv"
-    python3 -m venv "$venv" >&2 ||
-        die "python3 -m venv failed: install python3-venv (apt-get install -y python3-venv)"
+    if ! python3 -m venv "$venv" >&2; then
+        # Debian's python3 needs python3-venv for this.
+        [[ $(id -u) -eq 0 ]] && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv >&2
+        rm -rf "$venv"
+        python3 -m venv "$venv" >&2 ||
+            die "python3 -m venv failed: install python3-venv (apt-get install -y python3-venv)"
+    fi
     "$venv/bin/pip" install --disable-pip-version-check -q -r "$here/python/requirements.txt" >&2 ||
         die "pip install failed: run $venv/bin/pip install -r $here/python/requirements.txt"
     echo "$py_stamp" >"$venv/.warren-stamp"

@@ -164,11 +164,15 @@ async fn third_party_clients_pass_every_interop_scenario() {
 /// Runs `setup.sh`, which installs or reuses the clients and prints `KEY=VALUE` lines.
 async fn setup(interop_dir: &Path) -> BTreeMap<String, String> {
     let begun = Instant::now();
+    // Its progress (installs can take minutes) goes straight to the terminal.
     let out = Command::new("bash")
         .arg(interop_dir.join("setup.sh"))
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
+        .expect("run bash tests/interop/setup.sh")
+        .wait_with_output()
         .await
         .expect("run bash tests/interop/setup.sh");
     assert!(
