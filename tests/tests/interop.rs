@@ -5,12 +5,12 @@
 //! rabbitmq-c's tools from Debian) into `$HOME/.cache/warren-interop`, and prints where they
 //! are. Each client has one scenario program under `tests/interop/`; this test asks each
 //! program for its scenarios (`--list`), runs every scenario as its own process against a
-//! fresh broker with a timeout, prints one report line per client and scenario, and fails if
-//! any scenario failed.
+//! fresh broker (a `warren-server` child process on a free port) with a timeout, prints one
+//! report line per client and scenario, and fails if any scenario failed.
 //!
 //! A scenario that needs a broker restart prints `WARREN-INTEROP:restart-broker` on stdout;
-//! the harness stops the broker, starts it again on the same port and answers `restarted` on
-//! the program's stdin. `WARREN_TEST_EXTERNAL_URI` points the suite at another broker (such as
+//! the harness stops the `warren-server` process cleanly, starts it again on the same port and
+//! data directory, and answers `restarted` on the program's stdin. `WARREN_TEST_EXTERNAL_URI` points the suite at another broker (such as
 //! RabbitMQ, to check the scenarios themselves); restarts are then delegated to the command in
 //! `WARREN_INTEROP_RESTART_CMD`. `WARREN_INTEROP_ONLY` (comma-separated `client` or
 //! `client/scenario`) runs a subset. See `tests/interop/README.md`.
@@ -138,8 +138,8 @@ async fn third_party_clients_pass_every_interop_scenario() {
                 (true, Some(_)) => (
                     Outcome::Fail,
                     format!(
-                        "listed in tests/interop/known-failures.txt but passed: remove the \
-                         entry\n{}",
+                        "{}FAILED: listed in tests/interop/known-failures.txt but passed: \
+                         remove the entry",
                         run.output
                     ),
                 ),
@@ -285,7 +285,15 @@ struct Run {
 
 /// Runs one scenario against a fresh broker, serving restart requests.
 async fn run_scenario(argv: &[String], env: &Env, scenario: &str, timeout: Duration) -> Run {
-    let mut broker = Broker::start().await;
+    let mut broker = match Broker::start().await {
+        Ok(b) => b,
+        Err(e) => {
+            return Run {
+                passed: false,
+                output: format!("FAILED: {e}\n"),
+            }
+        }
+    };
     let prefix = format!(
         "interop-{}-{}",
         std::process::id(),
@@ -362,8 +370,13 @@ async fn run_scenario(argv: &[String], env: &Env, scenario: &str, timeout: Durat
         .and_then(Result::ok)
         .unwrap_or_default();
     transcript.push_str(&String::from_utf8_lossy(&err));
-    broker.stop().await;
+    let broker_log = broker.stop().await;
     let passed = matches!(status, Some(s) if s.success());
+    if !passed && !broker_log.is_empty() {
+        transcript.push_str("[harness] the end of warren-server's log:\n");
+        transcript.push_str(&broker_log);
+        transcript.push('\n');
+    }
     if status.is_none() {
         transcript.push_str(&format!(
             "[harness] timed out after {}s\n",
@@ -390,8 +403,10 @@ async fn kill_group(child: &mut Child) {
     let _ = child.kill().await;
 }
 
-/// The broker a scenario runs against: Warren in-process on an ephemeral port (restartable on
-/// the same port), or the external broker named by `WARREN_TEST_EXTERNAL_URI`.
+/// The broker a scenario runs against: a `warren-server` child process on a free port with a
+/// fresh data directory, so a restart is a real stop (SIGINT: a clean shutdown that closes
+/// every connection with 320 CONNECTION_FORCED) and start of the process on the same port and
+/// data directory; or the external broker named by `WARREN_TEST_EXTERNAL_URI`.
 struct Broker {
     uri: String,
     /// None for an external broker.
@@ -399,70 +414,122 @@ struct Broker {
 }
 
 struct Warren {
-    config: warren_broker::Config,
-    running: Option<warren_broker::RunningBroker>,
-    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Broker {
-    async fn start() -> Broker {
+    async fn start() -> Result<Broker, String> {
         if let Ok(uri) = std::env::var("WARREN_TEST_EXTERNAL_URI") {
-            return Broker { uri, warren: None };
+            return Ok(Broker { uri, warren: None });
         }
-        let dir = tempfile::tempdir().expect("create a temporary data dir");
-        let mut config = warren_broker::Config::for_tests(dir.path());
-        let running = warren_broker::Broker::start(config.clone())
-            .await
-            .expect("start Warren");
-        let addr = running.local_addr();
-        config.port = addr.port();
-        Broker {
-            uri: format!("amqp://guest:guest@{addr}/%2f"),
-            warren: Some(Warren {
-                config,
-                running: Some(running),
-                _dir: dir,
-            }),
-        }
+        let dir = tempfile::tempdir().map_err(|e| format!("create a data dir: {e}"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("find a free port: {e}"))?;
+        let mut warren = Warren {
+            child: None,
+            port,
+            dir,
+        };
+        warren.spawn().await?;
+        Ok(Broker {
+            uri: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            warren: Some(warren),
+        })
     }
 
     fn uri(&self) -> &str {
         &self.uri
     }
 
-    /// Stops the broker (clients see 320 CONNECTION_FORCED), leaves the port closed for a
-    /// moment, then starts it again on the same port with the same data directory.
+    /// Stops the broker, leaves the port closed for a moment, then starts it again.
     async fn restart(&mut self) -> Result<(), String> {
         let Some(warren) = &mut self.warren else {
             return restart_external().await;
         };
-        if let Some(r) = warren.running.take() {
-            r.shutdown().await;
-        }
+        warren.stop().await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut last = String::new();
-        for _ in 0..50 {
-            match warren_broker::Broker::start(warren.config.clone()).await {
-                Ok(r) => {
-                    warren.running = Some(r);
-                    return Ok(());
-                }
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(format!(
-            "restart Warren on port {}: {last}",
-            warren.config.port
-        ))
+        warren.spawn().await
     }
 
-    async fn stop(self) {
-        if let Some(Warren {
-            running: Some(r), ..
-        }) = self.warren
-        {
-            r.shutdown().await;
+    /// Stops the broker; returns the end of its log.
+    async fn stop(self) -> String {
+        let Some(mut warren) = self.warren else {
+            return String::new();
+        };
+        if let Err(e) = warren.stop().await {
+            return e;
+        }
+        let log = std::fs::read_to_string(warren.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Warren {
+    fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("warren-server.log")
+    }
+
+    /// Starts `warren-server` and waits until it accepts connections.
+    async fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| format!("open the broker log: {e}"))?;
+        let child = Command::new(server_binary())
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .env("WARREN_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("start warren-server: {e}"))?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!("warren-server exited at startup: {status}"));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err("warren-server did not accept connections within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGINT (warren-server's clean shutdown), then waits up to 20 s for the process to end.
+    async fn stop(&mut self) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                let _ = child.kill().await;
+                Err("warren-server did not stop within 20 s of SIGINT".into())
+            }
         }
     }
 }
@@ -482,6 +549,42 @@ async fn restart_external() -> Result<(), String> {
     } else {
         Err(format!("{cmd} exited with {status}"))
     }
+}
+
+/// The `warren-server` binary of this build, built first (a no-op when up to date) so the
+/// suite never runs a stale broker.
+fn server_binary() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        // This test runs as `<target>/<profile>/deps/interop-<hash>`.
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test executable is in <target>/<profile>/deps");
+        let target_dir = profile_dir
+            .parent()
+            .expect("the profile directory is in the target directory");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "warren-broker",
+            "--bin",
+            "warren-server",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for warren-server");
+        assert!(status.success(), "building warren-server failed");
+        profile_dir.join("warren-server")
+    })
+    .clone()
 }
 
 enum Outcome {

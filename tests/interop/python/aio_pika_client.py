@@ -269,13 +269,21 @@ async def prefetch():
     await ch.set_qos(prefetch_count=2)
     got = []
     await q.consume(got.append)
-    await asyncio.sleep(0.7)
+    async def settle(n):
+        """Waits for n deliveries, then a moment more for any that should not come."""
+        for _ in range(250):
+            if len(got) >= n:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+
+    await settle(2)
     eq([m.body for m in got], [b"p0", b"p1"], "deliveries with prefetch 2 and nothing acked")
     await got[0].ack()
-    await asyncio.sleep(0.7)
+    await settle(3)
     eq([m.body for m in got], [b"p0", b"p1", b"p2"], "one more after one ack")
     await got[2].ack(multiple=True)
-    await asyncio.sleep(0.7)
+    await settle(5)
     eq([m.body for m in got], [b"p%d" % i for i in range(5)], "the rest after a multiple ack")
     await got[4].ack(multiple=True)
     await conn.close()

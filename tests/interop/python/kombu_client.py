@@ -285,14 +285,19 @@ def prefetch():
     consumer = Consumer(ch, [q], on_message=got.append, no_ack=False)
     consumer.qos(prefetch_count=2)
     consumer.consume()
-    drain(conn, 0.7)
+    def settle(n):
+        """Waits for n deliveries, then a moment more for any that should not come."""
+        wait_until(lambda: len(got) >= n, 5, "%d deliveries" % n, step=lambda: drain(conn, 0.05))
+        drain(conn, 0.5)
+
+    settle(2)
     eq([m.body for m in got], [b"p0", b"p1"], "deliveries with prefetch 2 and nothing acked")
     got[0].ack()
-    drain(conn, 0.7)
+    settle(3)
     eq([m.body for m in got], [b"p0", b"p1", b"p2"], "one more after one ack")
     got[1].ack()
     got[2].ack()
-    drain(conn, 0.7)
+    settle(5)
     eq([m.body for m in got], [b"p%d" % i for i in range(5)], "the rest")
     got[3].ack()
     got[4].ack()

@@ -266,13 +266,19 @@ def prefetch():
     ch.basic_qos(prefetch_count=2)
     got = []
     ch.basic_consume(q, lambda c, m, p, b: got.append((m.delivery_tag, b)), auto_ack=False)
-    conn.process_data_events(time_limit=0.7)
+    def settle(n):
+        """Waits for n deliveries, then a moment more for any that should not come."""
+        wait_until(lambda: len(got) >= n, 5, "%d deliveries" % n,
+                   step=lambda: conn.process_data_events(0.05))
+        conn.process_data_events(time_limit=0.5)
+
+    settle(2)
     eq([b for _, b in got], [b"p0", b"p1"], "deliveries with prefetch 2 and nothing acked")
     ch.basic_ack(got[0][0])
-    conn.process_data_events(time_limit=0.7)
+    settle(3)
     eq([b for _, b in got], [b"p0", b"p1", b"p2"], "one more after one ack")
     ch.basic_ack(got[2][0], multiple=True)
-    conn.process_data_events(time_limit=0.7)
+    settle(5)
     eq([b for _, b in got], [b"p%d" % i for i in range(5)], "the rest after a multiple ack")
     ch.basic_ack(got[4][0], multiple=True)
     conn.close()

@@ -383,13 +383,21 @@ def prefetch():
         yield rpc(ch.basic_qos, prefetch_count=2)
         got = []
         ch.basic_consume(q, lambda c, m, p, b: got.append((m.delivery_tag, b)))
-        yield sleep(conn, 0.7)
+        def settle(n):
+            """Waits for n deliveries, then a moment more for any that should not come."""
+            for _ in range(250):
+                if len(got) >= n:
+                    break
+                yield sleep(conn, 0.02)
+            yield sleep(conn, 0.5)
+
+        yield from settle(2)
         eq([b for _, b in got], [b"p0", b"p1"], "deliveries with prefetch 2 and nothing acked")
         ch.basic_ack(got[0][0])
-        yield sleep(conn, 0.7)
+        yield from settle(3)
         eq([b for _, b in got], [b"p0", b"p1", b"p2"], "one more after one ack")
         ch.basic_ack(got[2][0], multiple=True)
-        yield sleep(conn, 0.7)
+        yield from settle(5)
         eq([b for _, b in got], [b"p%d" % i for i in range(5)], "the rest after a multiple ack")
         ch.basic_ack(got[4][0], multiple=True)
 
