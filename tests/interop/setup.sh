@@ -8,7 +8,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache="${WARREN_INTEROP_CACHE:-$HOME/.cache/warren-interop}"
+home="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+cache="${WARREN_INTEROP_CACHE:-$home/.cache/warren-interop}"
 mkdir -p "$cache"
 log() { echo "interop setup: $*" >&2; }
 die() {
