@@ -85,7 +85,7 @@ def drive(gen_fn, **param_overrides):
             try:
                 op(callback)
             except BaseException as e:  # noqa: B036 - delivered to the scenario
-                conn.ioloop.add_callback_threadsafe(lambda: step(exc=e))
+                conn.ioloop.add_callback_threadsafe(lambda err=e: step(exc=err))
 
         conn.ioloop.call_later(TIMEOUT, lambda: finish(conn, Failed("scenario timed out")))
         step()
