@@ -135,4 +135,5 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T
     }
 }
 
+pub mod perf;
 pub mod raw;

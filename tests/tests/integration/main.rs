@@ -5,6 +5,7 @@ mod basic;
 mod confirms_tx;
 mod connection;
 mod exchanges;
+mod perf;
 mod queues;
 mod raw_frames;
 mod smoke;
