@@ -207,27 +207,31 @@ run_one() { # id broker-name uri pid round
     out=$WORK/$id-$broker-$round.json
     if [ "$metric" = idle ]; then
         value=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$pid/status")
-        cpu="-|-"
+        cpu="-|-|-"
     else
         # shellcheck disable=SC2086 # the arguments are meant to be split
         if ! "$BIN/warren-perf" $args --uri "$uri" --broker-pid "$pid" --json >"$out" \
             2>"$out.log"; then
             log "$id $broker round $round failed: $(tail -1 "$out.log")"
-            printf '%s\t%s\t%s\tfailed\t-\t-\n' "$id" "$broker" "$round" >>"$RESULTS"
+            printf '%s\t%s\t%s\tfailed\t-\t-\t-\n' "$id" "$broker" "$round" >>"$RESULTS"
             return 0
         fi
         value=$(jq -r "$metric // empty" "$out")
-        cpu=$(jq -r '[(.cpu.tool_core_pct // "-"), (.cpu.broker_core_pct // "-")] | map(tostring) | join("|")' "$out")
+        cpu=$(jq -r '[(.cpu.tool_core_pct // "-"), (.cpu.broker_core_pct // "-"), (.cpu.others_core_pct // "-")] | map(tostring) | join("|")' "$out")
     fi
     value=$(scale "$unit" "$value")
     log "$id $broker round $round: $value $unit"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$broker" "$round" "$value" "${cpu%%|*}" "${cpu##*|}" >>"$RESULTS"
+    local tool_cpu broker_cpu others_cpu
+    IFS='|' read -r tool_cpu broker_cpu others_cpu <<<"$cpu"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$broker" "$round" "$value" "$tool_cpu" \
+        "$broker_cpu" "$others_cpu" >>"$RESULTS"
 }
 
 WARREN_URI="amqp://guest:guest@127.0.0.1:$WARREN_PORT/%2f"
 RABBIT_URI="amqp://guest:guest@127.0.0.1:$RABBIT_PORT/%2f"
 : >"$RESULTS"
 started=$(date +%s)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq 1 "$ROUNDS"); do
     log "round $round of $ROUNDS: starting fresh brokers"
     stop_warren
@@ -243,6 +247,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 elapsed=$(($(date +%s) - started))
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- summary ---------------------------------------------------------------------------------
 
@@ -265,6 +270,7 @@ fmt() { # number -> rounded for the table
 
 echo
 echo "Warren vs RabbitMQ: medians of $ROUNDS rounds, ${TIME} s per throughput scenario ($((elapsed / 60)) min $((elapsed % 60)) s)"
+echo "load average before: $load_before, after: $load_after"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r); RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')"
 echo
 echo "| id | scenario | unit | Warren | RabbitMQ | Warren/RabbitMQ | warren-perf CPU % (vs Warren / vs RabbitMQ) |"
@@ -285,12 +291,14 @@ for id in s1 s2 s3 s4 s5 s6 s7 s8 s9; do
         "$(field "$id" 4)" "$(fmt "$w")" "$(fmt "$r")" "$ratio" "$(fmt "$tw") / $(fmt "$tr")"
 done
 echo
-echo "broker CPU during each throughput scenario (median, % of one core): "
+echo "CPU during each throughput scenario (medians, % of one core; 'others' is every other"
+echo "process on the machine, which the brokers competed with):"
 for id in s1 s2 s3 s4 s5 s6; do
     selected "$id" || continue
-    printf '  %s: Warren %s, RabbitMQ %s\n' "$id" "$(fmt "$(values "$id" warren 6 | median)")" \
-        "$(fmt "$(values "$id" rabbitmq 6 | median)")"
+    printf '  %s: Warren %s (others %s), RabbitMQ %s (others %s)\n' "$id" \
+        "$(fmt "$(values "$id" warren 6 | median)")" "$(fmt "$(values "$id" warren 7 | median)")" \
+        "$(fmt "$(values "$id" rabbitmq 6 | median)")" "$(fmt "$(values "$id" rabbitmq 7 | median)")"
 done
 echo
-echo "every run (id, broker, round, value, warren-perf CPU %, broker CPU %):"
+echo "every run (id, broker, round, value, warren-perf CPU %, broker CPU %, others CPU %):"
 sort -k1,1 -k2,2 -k3,3n "$RESULTS" | sed 's/^/  /'

@@ -28,6 +28,26 @@ pub fn parse_cpu(stat: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64((utime + stime) as f64 / USER_HZ))
 }
 
+/// CPU time every core spent busy (not idle or waiting for I/O), from the first line of a
+/// `/proc/stat` text.
+pub fn parse_machine_busy(stat: &str) -> Option<Duration> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<Vec<u64>>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
+    Some(Duration::from_secs_f64(busy as f64 / USER_HZ))
+}
+
+/// Busy CPU time of the whole machine so far.
+pub fn machine_busy() -> anyhow::Result<Duration> {
+    let text = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    parse_machine_busy(&text).ok_or_else(|| anyhow!("unexpected format of /proc/stat"))
+}
+
 /// Which process: a pid, or this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pid {
@@ -66,6 +86,7 @@ pub struct CpuMeter {
     broker: Option<Pid>,
     tool_start: Duration,
     broker_start: Option<Duration>,
+    machine_start: Duration,
     wall_start: std::time::Instant,
 }
 
@@ -82,6 +103,10 @@ pub struct CpuUse {
     pub broker_cpu_s: Option<f64>,
     /// The broker's CPU as a percentage of one core.
     pub broker_core_pct: Option<f64>,
+    /// Every other process's CPU (the whole machine's busy time less warren-perf's and the
+    /// broker's) as a percentage of one core: how much the run competed with. Without
+    /// `--broker-pid` the broker is counted here.
+    pub others_core_pct: f64,
 }
 
 impl CpuMeter {
@@ -92,6 +117,7 @@ impl CpuMeter {
             broker,
             tool_start: Pid::This.cpu()?,
             broker_start: broker.map(|p| p.cpu()).transpose()?,
+            machine_start: machine_busy()?,
             wall_start: std::time::Instant::now(),
         })
     }
@@ -104,6 +130,9 @@ impl CpuMeter {
             (Some(pid), Some(start)) => Some(pid.cpu()?.saturating_sub(start).as_secs_f64()),
             _ => None,
         };
+        let machine = machine_busy()?
+            .saturating_sub(self.machine_start)
+            .as_secs_f64();
         let pct = |s: f64| if wall > 0.0 { 100.0 * s / wall } else { 0.0 };
         Ok(CpuUse {
             wall_s: wall,
@@ -111,6 +140,7 @@ impl CpuMeter {
             tool_core_pct: pct(tool),
             broker_cpu_s: broker,
             broker_core_pct: broker.map(pct),
+            others_core_pct: pct((machine - tool - broker.unwrap_or(0.0)).max(0.0)),
         })
     }
 }
@@ -132,6 +162,17 @@ mod tests {
         let stat = "4242 (warren) (x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0";
         assert_eq!(parse_cpu(stat), Some(Duration::from_secs(3)));
         assert_eq!(parse_cpu("garbage"), None);
+    }
+
+    #[test]
+    fn machine_busy_from_stat() {
+        let stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
+        // user + nice + system + irq + softirq + steal = 161 ticks.
+        assert_eq!(
+            parse_machine_busy(stat),
+            Some(Duration::from_secs_f64(1.61))
+        );
+        assert_eq!(parse_machine_busy("intr 1 2 3\n"), None);
     }
 
     #[test]

@@ -365,6 +365,10 @@ pub fn human_summary(r: &ThroughputReport) -> Vec<String> {
     if let (Some(s), Some(p)) = (r.cpu.broker_cpu_s, r.cpu.broker_core_pct) {
         cpu.push_str(&format!(", broker {s:.1} s ({p:.0}% of a core)"));
     }
+    cpu.push_str(&format!(
+        ", other processes {:.0}% of a core",
+        r.cpu.others_core_pct
+    ));
     lines.push(cpu);
     if let Some(rss) = r.broker_rss_bytes {
         lines.push(format!("  broker rss {}", report::bytes(rss as f64)));
