@@ -207,24 +207,26 @@ run_one() { # id broker-name uri pid round
     out=$WORK/$id-$broker-$round.json
     if [ "$metric" = idle ]; then
         value=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$pid/status")
-        cpu="-|-|-"
+        cpu="-|-|-|-"
     else
         # shellcheck disable=SC2086 # the arguments are meant to be split
         if ! "$BIN/warren-perf" $args --uri "$uri" --broker-pid "$pid" --json >"$out" \
             2>"$out.log"; then
             log "$id $broker round $round failed: $(tail -1 "$out.log")"
-            printf '%s\t%s\t%s\tfailed\t-\t-\t-\n' "$id" "$broker" "$round" >>"$RESULTS"
+            printf '%s\t%s\t%s\tfailed\t-\t-\t-\t-\n' "$id" "$broker" "$round" >>"$RESULTS"
             return 0
         fi
         value=$(jq -r "$metric // empty" "$out")
-        cpu=$(jq -r '[(.cpu.tool_core_pct // "-"), (.cpu.broker_core_pct // "-"), (.cpu.others_core_pct // "-")] | map(tostring) | join("|")' "$out")
+        cpu=$(jq -r '[(.cpu.tool_core_pct // "-"), (.cpu.broker_core_pct // "-"), (.cpu.others_core_pct // "-"),
+            (if (.cpu.broker_cpu_s != null) and ((.consumed.total // 0) > 0)
+             then .cpu.broker_cpu_s / .consumed.total * 1e6 else "-" end)] | map(tostring) | join("|")' "$out")
     fi
     value=$(scale "$unit" "$value")
     log "$id $broker round $round: $value $unit"
-    local tool_cpu broker_cpu others_cpu
-    IFS='|' read -r tool_cpu broker_cpu others_cpu <<<"$cpu"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$broker" "$round" "$value" "$tool_cpu" \
-        "$broker_cpu" "$others_cpu" >>"$RESULTS"
+    local tool_cpu broker_cpu others_cpu per_msg
+    IFS='|' read -r tool_cpu broker_cpu others_cpu per_msg <<<"$cpu"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$broker" "$round" "$value" "$tool_cpu" \
+        "$broker_cpu" "$others_cpu" "$per_msg" >>"$RESULTS"
 }
 
 WARREN_URI="amqp://guest:guest@127.0.0.1:$WARREN_PORT/%2f"
@@ -291,14 +293,26 @@ for id in s1 s2 s3 s4 s5 s6 s7 s8 s9; do
         "$(field "$id" 4)" "$(fmt "$w")" "$(fmt "$r")" "$ratio" "$(fmt "$tw") / $(fmt "$tr")"
 done
 echo
-echo "CPU during each throughput scenario (medians, % of one core; 'others' is every other"
-echo "process on the machine, which the brokers competed with):"
+echo "CPU during each throughput scenario (medians). Broker CPU per delivered message depends"
+echo "less on what else the machine runs than rates do; 'others' is every other process's CPU,"
+echo "which the brokers competed with (% of one core):"
+echo
+echo "| id | Warren CPU % | RabbitMQ CPU % | Warren µs/msg | RabbitMQ µs/msg | Warren/RabbitMQ µs/msg | others % (Warren / RabbitMQ runs) |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 for id in s1 s2 s3 s4 s5 s6; do
     selected "$id" || continue
-    printf '  %s: Warren %s (others %s), RabbitMQ %s (others %s)\n' "$id" \
-        "$(fmt "$(values "$id" warren 6 | median)")" "$(fmt "$(values "$id" warren 7 | median)")" \
-        "$(fmt "$(values "$id" rabbitmq 6 | median)")" "$(fmt "$(values "$id" rabbitmq 7 | median)")"
+    wm=$(values "$id" warren 8 | median)
+    rm_=$(values "$id" rabbitmq 8 | median)
+    ratio=-
+    if [ "$wm" != - ] && [ "$rm_" != - ]; then
+        ratio=$(awk -v w="$wm" -v r="$rm_" 'BEGIN { if (r == 0) print "-"; else printf "%.2f", w / r }')
+    fi
+    printf '| %s | %s | %s | %s | %s | %s | %s / %s |\n' "$id" \
+        "$(fmt "$(values "$id" warren 6 | median)")" "$(fmt "$(values "$id" rabbitmq 6 | median)")" \
+        "$(fmt "$wm")" "$(fmt "$rm_")" "$ratio" \
+        "$(fmt "$(values "$id" warren 7 | median)")" "$(fmt "$(values "$id" rabbitmq 7 | median)")"
 done
 echo
-echo "every run (id, broker, round, value, warren-perf CPU %, broker CPU %, others CPU %):"
+echo "every run (id, broker, round, value, warren-perf CPU %, broker CPU %, others CPU %,"
+echo "broker CPU µs per delivered message):"
 sort -k1,1 -k2,2 -k3,3n "$RESULTS" | sed 's/^/  /'
