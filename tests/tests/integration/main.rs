@@ -7,6 +7,7 @@ mod confirms_tx;
 mod connection;
 mod durability;
 mod exchanges;
+mod perf;
 mod queues;
 mod raw_frames;
 mod smoke;
