@@ -170,7 +170,7 @@ SCENARIOS=(
     "s6|latency p99 at 1000 msg/s, 16 B, acks|.latency.p99_us|µs|lower|throughput -x 1 -y 1 -s 16 --rate 1000 --time $TIME"
     "s7|broker memory per connection (1000 connections)|.rss_per_connection_bytes|KiB|lower|connections --count 1000 --hold 2"
     "s8|broker memory when idle (fresh node)|idle|MiB|lower|"
-    "s9|queue.declare + queue.bind (1000 queues)|.declare_bind_rate|ops/s|higher|queues --count 1000"
+    "s9|queue.declare + queue.bind (1000 queues)|.declare_bind_rate|pairs/s|higher|queues --count 1000"
 )
 # The order within a round: memory on a fresh node first.
 ORDER=(s8 s7 s9 s1 s2 s3 s4 s5 s6)

@@ -9,7 +9,7 @@ use serde::Serialize;
 /// Warren's load generator: drives an AMQP 0-9-1 broker (Warren or RabbitMQ) and reports
 /// rates, latencies, and the broker's CPU and memory.
 #[derive(Parser, Debug)]
-#[command(name = "warren-perf", version, about)]
+#[command(name = "warren-perf", version)]
 pub struct Cli {
     /// The scenario to run.
     #[command(subcommand)]
