@@ -536,7 +536,7 @@ mod tests {
                 _ => p.push(next() as u8),
             }
             let generic = match parse_class(&p[..]) {
-                Ok((rest, class)) if rest.is_empty() => Some(class),
+                Ok(([], class)) => Some(class),
                 _ => None,
             };
             if let Some(fast) = decode_publish(&p) {
