@@ -48,14 +48,17 @@ impl std::error::Error for MalformedProperties {}
 impl Properties {
     /// Validates and wraps property bytes (flags then values) from a content header.
     pub fn decode(raw: Bytes) -> Result<Self, MalformedProperties> {
-        let parsed = parse(&raw)?;
+        // A walk over the bytes, no allocation: this runs for every published message.
+        let scanned = tables::scan_properties(&raw).map_err(|_| MalformedProperties)?;
+        let expiration = scanned
+            .expiration
+            .and_then(|(at, len)| raw.get(at..at + len))
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|text| parse_expiration(text).ok());
         Ok(Properties {
-            delivery_mode: parsed.delivery_mode().unwrap_or(0),
-            priority: parsed.priority().unwrap_or(0),
-            expiration: parsed
-                .expiration()
-                .as_ref()
-                .and_then(|e| parse_expiration(e.as_str()).ok()),
+            delivery_mode: scanned.delivery_mode,
+            priority: scanned.priority,
+            expiration,
             raw,
         })
     }
@@ -220,7 +223,7 @@ pub fn parse_expiration(text: &str) -> Result<u64, String> {
         .take_while(|b| b.is_ascii_digit())
         .count();
     if digits == 0 {
-        return Err("{error,no_integer}".to_string());
+        return Err("no_integer".to_string());
     }
     let end = digits_start + digits;
     let rest = &text[end..];
@@ -291,6 +294,61 @@ fn parse(raw: &[u8]) -> Result<AMQPProperties, MalformedProperties> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The allocation-free scan accepts exactly what amq-protocol's parser accepts, and
+    /// reads the same delivery mode and priority.
+    #[test]
+    fn scan_agrees_with_the_parser_on_random_and_mutated_inputs() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut headers = crate::FieldTable::default();
+        headers.insert("k".into(), crate::AMQPValue::LongString("v".into()));
+        let mut nested = crate::FieldTable::default();
+        nested.insert("n".into(), crate::AMQPValue::LongInt(3));
+        headers.insert("t".into(), crate::AMQPValue::FieldTable(nested));
+        let full = Properties::encode(
+            &AMQPProperties::default()
+                .with_content_type("text/plain".into())
+                .with_headers(headers)
+                .with_delivery_mode(2)
+                .with_priority(5)
+                .with_expiration("60000".into())
+                .with_timestamp(1_700_000_000)
+                .with_user_id("guest".into()),
+        );
+        for round in 0..60_000u32 {
+            let bytes: Vec<u8> = if round % 2 == 0 {
+                let mut b = full.raw().to_vec();
+                let at = (next() as usize) % b.len();
+                b[at] = next() as u8;
+                if round % 6 == 0 {
+                    b.truncate((next() as usize) % (b.len() + 1));
+                }
+                b
+            } else {
+                let len = (next() % 24) as usize;
+                (0..len).map(|_| next() as u8).collect()
+            };
+            let scanned = tables::scan_properties(&bytes).ok();
+            let parsed = parse(&bytes).ok();
+            assert_eq!(
+                scanned.is_some(),
+                parsed.is_some(),
+                "scan and parser disagree on {bytes:?}"
+            );
+            if let (Some(sc), Some(p)) = (scanned, parsed) {
+                assert_eq!(sc.delivery_mode, p.delivery_mode().unwrap_or(0));
+                assert_eq!(sc.priority, p.priority().unwrap_or(0));
+                let text = sc.expiration.map(|(at, len)| &bytes[at..at + len]);
+                assert_eq!(text, p.expiration().as_ref().map(|e| e.as_str().as_bytes()));
+            }
+        }
+    }
 
     #[test]
     fn round_trip_keeps_every_byte() {

@@ -79,9 +79,10 @@ impl RunningBroker {
         self.shared.tasks.close();
         let _ = self.listener.await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tasks.wait()).await;
-        // Everything written so far reaches the disk before the node reports it stopped.
+        // Everything written so far reaches the disk, and the store is closed (so the same
+        // data directory can be opened again), before the node reports it stopped.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.shared.store.barrier(Box::new(move |_| {
+        self.shared.store.shutdown(Box::new(move |_| {
             let _ = tx.send(());
         }));
         let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;

@@ -119,6 +119,8 @@ enum Op {
         reply: Box<dyn FnOnce(Vec<StoredMessage>) + Send>,
     },
     Barrier(Done),
+    /// Flush, close the database (releasing its lock) and end the thread.
+    Shutdown(Done),
 }
 
 /// A handle to the store thread.
@@ -399,11 +401,20 @@ impl Store {
     pub fn barrier(&self, done: Done) {
         self.send(Op::Barrier(done));
     }
+
+    /// Makes everything sent before durable, closes the database and ends the store thread;
+    /// `done` runs once the database is closed. Operations sent afterwards fail.
+    pub fn shutdown(&self, done: Done) {
+        self.send(Op::Shutdown(done));
+    }
 }
 
 fn fail(op: Op) {
     match op {
-        Op::Put { done: Some(d), .. } | Op::MetaAppend { done: d, .. } | Op::Barrier(d) => d(false),
+        Op::Put { done: Some(d), .. }
+        | Op::MetaAppend { done: d, .. }
+        | Op::Barrier(d)
+        | Op::Shutdown(d) => d(false),
         Op::Read { reply, .. } | Op::ReadIds { reply, .. } => reply(Vec::new()),
         _ => {}
     }
@@ -555,6 +566,24 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            let shutdown = round.iter().position(|op| matches!(op, Op::Shutdown(_)));
+            if let Some(at) = shutdown {
+                let rest = round.split_off(at);
+                self.round(&mut round);
+                let _ = self.db.persist(PersistMode::SyncData);
+                drop(self);
+                // Every operation after the shutdown fails; the shutdown reports success.
+                for op in rest {
+                    match op {
+                        Op::Shutdown(done) => done(true),
+                        other => fail(other),
+                    }
+                }
+                while let Ok(op) = rx.try_recv() {
+                    fail(op);
+                }
+                return;
+            }
             self.round(&mut round);
             // Under steady traffic the store is never idle: compact anyway once garbage
             // clearly dominates, so disk use stays bounded.
@@ -632,6 +661,7 @@ impl Worker {
                     sync = true;
                     dones.push(done);
                 }
+                Op::Shutdown(done) => done(false),
             }
         }
         ok &= self.commit(batch);

@@ -140,5 +140,6 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T
     }
 }
 
+pub mod perf;
 pub mod process;
 pub mod raw;

@@ -213,7 +213,8 @@ impl Connection {
                 _ = shutdown.cancelled(), if self.closing_since.is_none() => {
                     self.close_connection(
                         ReplyCode::ConnectionForced,
-                        "broker forced connection closure with reason 'shutdown'",
+                        &ReplyCode::ConnectionForced
+                            .text("broker forced connection closure with reason 'shutdown'"),
                         0,
                         0,
                     );

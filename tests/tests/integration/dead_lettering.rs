@@ -616,7 +616,7 @@ async fn distinct_per_message_ttls_expire_in_order_of_expiry() {
         );
         if confirms.len() == BATCH || i == N - 1 {
             for c in confirms.drain(..) {
-                assert!(within(30, "confirm", c).await.expect("confirm").is_ack());
+                assert!(within(120, "confirm", c).await.expect("confirm").is_ack());
             }
             let now = ms();
             confirmed_ms.resize(i + 1, now);
@@ -635,7 +635,7 @@ async fn distinct_per_message_ttls_expire_in_order_of_expiry() {
     // The last TTL ends at most 10 s after the last publish: the expiry work is small beside
     // it (a scan of the queue per expiry would take minutes here).
     assert!(
-        expired_after < published + Duration::from_secs(10 + 10),
+        expired_after < published + Duration::from_secs(10 + 30),
         "expiry took {expired_after:?} (publishing took {published:?})"
     );
     let mut order = Vec::with_capacity(N);

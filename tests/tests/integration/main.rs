@@ -9,6 +9,7 @@ mod dead_lettering;
 mod durability;
 mod exchanges;
 mod extensions;
+mod perf;
 mod policies;
 mod queues;
 mod raw_frames;
