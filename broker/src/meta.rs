@@ -121,10 +121,76 @@ pub struct BindingDef {
 pub struct UserDef {
     /// The user name.
     pub name: String,
-    /// RabbitMQ-format password hash (base64 of salt ++ sha256(salt ++ password)).
+    /// RabbitMQ-format password hash: base64 of a 4-byte salt followed by the digest of
+    /// salt ++ password; empty for a user that cannot log in with a password.
     pub password_hash: String,
     /// Tags such as `administrator`.
     pub tags: Vec<String>,
+    /// The digest of `password_hash`, by RabbitMQ's module name.
+    #[serde(default)]
+    pub hashing_algorithm: crate::auth::HashingAlgorithm,
+    /// Per-user limits (`max-connections`, `max-channels`), kept as RabbitMQ exports them.
+    #[serde(default = "empty_object")]
+    pub limits: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// A user's topic permissions in one vhost for one topic exchange: regular expressions over
+/// routing keys (`{username}` and `{vhost}` are expanded before matching).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopicPermission {
+    /// Which routing keys the user may publish with.
+    pub write: String,
+    /// Which binding keys the user may bind (consume) with.
+    pub read: String,
+}
+
+/// A policy: definitions applied to the queues or exchanges whose names match a pattern.
+/// Stored and exported here; what each key does is the queues' and exchanges' business.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyDef {
+    /// The vhost.
+    pub vhost: String,
+    /// The policy's name.
+    pub name: String,
+    /// A regular expression over queue or exchange names.
+    pub pattern: String,
+    /// `queues`, `exchanges` or `all` (RabbitMQ's `apply-to`).
+    pub apply_to: String,
+    /// Among matching policies, the highest priority wins.
+    pub priority: i64,
+    /// The policy's keys and values (`max-length`, `dead-letter-exchange`, ...).
+    pub definition: serde_json::Value,
+}
+
+/// A runtime parameter of a vhost (a shovel, a federation upstream, vhost limits...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParameterDef {
+    /// The vhost.
+    pub vhost: String,
+    /// The component it configures (`shovel`, `federation-upstream`, `vhost-limits`...).
+    pub component: String,
+    /// The parameter's name.
+    pub name: String,
+    /// Its value, as JSON.
+    pub value: serde_json::Value,
+}
+
+/// A vhost's descriptive metadata.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VhostMetadata {
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The queue type declared when a client names none (RabbitMQ's `default_queue_type`).
+    #[serde(default)]
+    pub default_queue_type: Option<String>,
 }
 
 /// A user's permissions in one vhost: regular expressions over resource names.
@@ -162,6 +228,77 @@ pub enum MetaCommand {
         vhost: String,
         /// The permission patterns.
         permission: Permission,
+    },
+    /// Delete a user with its permissions.
+    DeleteUser {
+        /// The user.
+        name: String,
+    },
+    /// Remove a user's permissions in a vhost.
+    ClearPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+    },
+    /// Set a user's topic permissions for one exchange of a vhost.
+    SetTopicPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// The topic exchange.
+        exchange: String,
+        /// The permission patterns.
+        permission: TopicPermission,
+    },
+    /// Remove a user's topic permissions in a vhost: for one exchange, or all of them.
+    ClearTopicPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// The exchange; None clears them for every exchange.
+        exchange: Option<String>,
+    },
+    /// Set a vhost's description, tags and default queue type.
+    SetVhostMetadata {
+        /// The vhost.
+        name: String,
+        /// The metadata.
+        metadata: VhostMetadata,
+    },
+    /// Create or replace a policy.
+    SetPolicy(PolicyDef),
+    /// Remove a policy.
+    ClearPolicy {
+        /// The vhost.
+        vhost: String,
+        /// The policy's name.
+        name: String,
+    },
+    /// Create or replace a vhost's runtime parameter.
+    SetParameter(ParameterDef),
+    /// Remove a vhost's runtime parameter.
+    ClearParameter {
+        /// The vhost.
+        vhost: String,
+        /// The component.
+        component: String,
+        /// The parameter's name.
+        name: String,
+    },
+    /// Create or replace a global runtime parameter.
+    SetGlobalParameter {
+        /// The parameter's name.
+        name: String,
+        /// Its value, as JSON.
+        value: serde_json::Value,
+    },
+    /// Remove a global runtime parameter.
+    ClearGlobalParameter {
+        /// The parameter's name.
+        name: String,
     },
     /// Declare an exchange (idempotent when equivalent).
     DeclareExchange {
@@ -244,6 +381,24 @@ pub enum Change {
         /// The queue.
         name: String,
     },
+    /// Permissions or topic permissions changed: cached checks are stale.
+    PermissionsChanged,
+    /// A user was deleted: its connections close.
+    UserRemoved(String),
+    /// A vhost's policies changed.
+    PoliciesChanged {
+        /// The vhost.
+        vhost: String,
+    },
+    /// A vhost's runtime parameter was set or cleared.
+    ParameterChanged {
+        /// The vhost.
+        vhost: String,
+        /// The component.
+        component: String,
+        /// The parameter's name.
+        name: String,
+    },
 }
 
 type BindingKey = (String, DestinationKind, String, String, Vec<u8>);
@@ -257,6 +412,12 @@ pub struct VhostMeta {
     pub queues: BTreeMap<String, QueueDef>,
     /// Bindings ordered by source exchange.
     bindings: BTreeMap<BindingKey, BindingDef>,
+    /// Description, tags, default queue type.
+    pub metadata: VhostMetadata,
+    /// Policies by name.
+    pub policies: BTreeMap<String, PolicyDef>,
+    /// Runtime parameters by (component, name).
+    pub parameters: BTreeMap<(String, String), ParameterDef>,
 }
 
 impl VhostMeta {
@@ -295,6 +456,10 @@ pub struct Metadata {
     pub users: BTreeMap<String, UserDef>,
     /// Permissions by (user, vhost).
     pub permissions: BTreeMap<(String, String), Permission>,
+    /// Topic permissions by (user, vhost, exchange).
+    pub topic_permissions: BTreeMap<(String, String, String), TopicPermission>,
+    /// Global runtime parameters by name.
+    pub global_parameters: BTreeMap<String, serde_json::Value>,
 }
 
 /// The exchanges every vhost has.
@@ -355,6 +520,7 @@ impl Metadata {
                     ));
                 };
                 self.permissions.retain(|(_, v), _| *v != name);
+                self.topic_permissions.retain(|(_, v, _), _| *v != name);
                 let mut changes: Vec<Change> = vh
                     .queues
                     .keys()
@@ -376,18 +542,123 @@ impl Metadata {
                 permission,
             } => {
                 if !self.users.contains_key(&user) {
-                    return Err(ChannelError::new(
-                        warren_amqp::ReplyCode::NotFound,
-                        format!("user '{user}' does not exist"),
-                    ));
+                    return Err(no_user(&user));
                 }
-                if !self.vhosts.contains_key(&vhost) {
-                    return Err(ChannelError::new(
-                        warren_amqp::ReplyCode::NotFound,
-                        format!("vhost '{vhost}' does not exist"),
-                    ));
-                }
+                self.vhost_mut(&vhost)?;
                 self.permissions.insert((user, vhost), permission);
+                Ok(vec![Change::PermissionsChanged])
+            }
+            MetaCommand::DeleteUser { name } => {
+                if self.users.remove(&name).is_none() {
+                    return Err(no_user(&name));
+                }
+                self.permissions.retain(|(u, _), _| *u != name);
+                self.topic_permissions.retain(|(u, _, _), _| *u != name);
+                Ok(vec![Change::PermissionsChanged, Change::UserRemoved(name)])
+            }
+            MetaCommand::ClearPermissions { user, vhost } => {
+                if !self.users.contains_key(&user) {
+                    return Err(no_user(&user));
+                }
+                self.vhost_mut(&vhost)?;
+                self.permissions.remove(&(user, vhost));
+                Ok(vec![Change::PermissionsChanged])
+            }
+            MetaCommand::SetTopicPermissions {
+                user,
+                vhost,
+                exchange,
+                permission,
+            } => {
+                if !self.users.contains_key(&user) {
+                    return Err(no_user(&user));
+                }
+                self.vhost_mut(&vhost)?;
+                self.topic_permissions
+                    .insert((user, vhost, exchange), permission);
+                Ok(vec![Change::PermissionsChanged])
+            }
+            MetaCommand::ClearTopicPermissions {
+                user,
+                vhost,
+                exchange,
+            } => {
+                if !self.users.contains_key(&user) {
+                    return Err(no_user(&user));
+                }
+                self.vhost_mut(&vhost)?;
+                self.topic_permissions.retain(|(u, v, x), _| {
+                    !(*u == user && *v == vhost && exchange.as_ref().is_none_or(|e| e == x))
+                });
+                Ok(vec![Change::PermissionsChanged])
+            }
+            MetaCommand::SetVhostMetadata { name, metadata } => {
+                self.vhost_mut(&name)?.metadata = metadata;
+                Ok(vec![])
+            }
+            MetaCommand::SetPolicy(def) => {
+                let vh = self.vhost_mut(&def.vhost)?;
+                let vhost = def.vhost.clone();
+                vh.policies.insert(def.name.clone(), def);
+                Ok(vec![Change::PoliciesChanged { vhost }])
+            }
+            MetaCommand::ClearPolicy { vhost, name } => {
+                let vh = self.vhost_mut(&vhost)?;
+                if vh.policies.remove(&name).is_none() {
+                    return Err(ChannelError::new(
+                        warren_amqp::ReplyCode::NotFound,
+                        format!("policy '{name}' in vhost '{vhost}' does not exist"),
+                    ));
+                }
+                Ok(vec![Change::PoliciesChanged { vhost }])
+            }
+            MetaCommand::SetParameter(def) => {
+                let vh = self.vhost_mut(&def.vhost)?;
+                let (vhost, component, name) =
+                    (def.vhost.clone(), def.component.clone(), def.name.clone());
+                vh.parameters
+                    .insert((def.component.clone(), def.name.clone()), def);
+                Ok(vec![Change::ParameterChanged {
+                    vhost,
+                    component,
+                    name,
+                }])
+            }
+            MetaCommand::ClearParameter {
+                vhost,
+                component,
+                name,
+            } => {
+                let vh = self.vhost_mut(&vhost)?;
+                if vh
+                    .parameters
+                    .remove(&(component.clone(), name.clone()))
+                    .is_none()
+                {
+                    return Err(ChannelError::new(
+                        warren_amqp::ReplyCode::NotFound,
+                        format!(
+                            "parameter '{name}' of component '{component}' in vhost '{vhost}' does not exist"
+                        ),
+                    ));
+                }
+                Ok(vec![Change::ParameterChanged {
+                    vhost,
+                    component,
+                    name,
+                }])
+            }
+            MetaCommand::SetGlobalParameter { name, value } => {
+                self.global_parameters.insert(name, value);
+                Ok(vec![])
+            }
+            MetaCommand::ClearGlobalParameter { name } => {
+                if self.global_parameters.remove(&name).is_none() {
+                    return Err(ChannelError::new(
+                        warren_amqp::ReplyCode::NotFound,
+                        format!("global parameter '{name}' does not exist"),
+                    ));
+                }
                 Ok(vec![])
             }
             MetaCommand::DeclareExchange { vhost, def } => {
@@ -478,6 +749,13 @@ impl Metadata {
             )
         })
     }
+}
+
+fn no_user(user: &str) -> ChannelError {
+    ChannelError::new(
+        warren_amqp::ReplyCode::NotFound,
+        format!("user '{user}' does not exist"),
+    )
 }
 
 fn check_binding_ends(vh: &VhostMeta, vhost: &str, b: &BindingDef) -> Result<(), ChannelError> {
@@ -775,7 +1053,33 @@ impl Metadata {
                 permission: permission.clone(),
             });
         }
+        for ((user, vhost, exchange), permission) in &self.topic_permissions {
+            out.push(MetaCommand::SetTopicPermissions {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                exchange: exchange.clone(),
+                permission: permission.clone(),
+            });
+        }
+        for (name, value) in &self.global_parameters {
+            out.push(MetaCommand::SetGlobalParameter {
+                name: name.clone(),
+                value: value.clone(),
+            });
+        }
         for (vname, vh) in &self.vhosts {
+            if vh.metadata != VhostMetadata::default() {
+                out.push(MetaCommand::SetVhostMetadata {
+                    name: vname.clone(),
+                    metadata: vh.metadata.clone(),
+                });
+            }
+            for p in vh.policies.values() {
+                out.push(MetaCommand::SetPolicy(p.clone()));
+            }
+            for p in vh.parameters.values() {
+                out.push(MetaCommand::SetParameter(p.clone()));
+            }
             let predeclared = |n: &str| PREDECLARED.iter().any(|(p, _)| *p == n);
             for x in vh.exchanges.values().filter(|x| !predeclared(&x.name)) {
                 out.push(MetaCommand::DeclareExchange {

@@ -31,6 +31,11 @@ impl RawClient {
 
     /// Connects and completes the handshake as guest on vhost `/`, with heartbeats off.
     pub async fn open(addr: SocketAddr) -> RawClient {
+        Self::open_as(addr, "guest", "guest", "/").await
+    }
+
+    /// Connects and completes the handshake as `user` on `vhost`, with heartbeats off.
+    pub async fn open_as(addr: SocketAddr, user: &str, pass: &str, vhost: &str) -> RawClient {
         let mut c = Self::connect(addr).await;
         c.write(PROTOCOL_HEADER).await;
         let start = c.read_frame().await.expect("connection.start");
@@ -43,7 +48,7 @@ impl RawClient {
             AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
                 client_properties: Default::default(),
                 mechanism: "PLAIN".into(),
-                response: LongString::from(b"\0guest\0guest".to_vec()),
+                response: LongString::from(format!("\0{user}\0{pass}").into_bytes()),
                 locale: "en_US".into(),
             })),
         )
@@ -68,7 +73,7 @@ impl RawClient {
         c.send_method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: "/".into(),
+                virtual_host: vhost.into(),
             })),
         )
         .await;

@@ -1,6 +1,7 @@
 //! Warren's integration tests: one binary, one module per area. Each test starts a real
 //! broker on an ephemeral port and drives it with real clients (lapin, amqprs) over TCP.
 
+mod access;
 mod alarms;
 mod basic;
 mod confirms_tx;
@@ -10,3 +11,4 @@ mod exchanges;
 mod queues;
 mod raw_frames;
 mod smoke;
+mod tls;
