@@ -47,11 +47,35 @@ fn build_binary(name: &str) -> PathBuf {
             .expect("the profile directory is in the target directory");
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         // Build it (a no-op when it is up to date) so a test never runs a stale binary.
+        // The tests' targets are named too, so features unify as they do in `cargo test`:
+        // otherwise the shared libraries would be rebuilt with other features here, and
+        // back again by the next `cargo test`.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "warren-broker", "--bin", name])
-            .arg("--target-dir")
-            .arg(target_dir);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "warren-broker",
+            "-p",
+            "warren-tests",
+            "--bin",
+            "warren-server",
+            "--bin",
+            "warrenctl",
+            "--tests",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+        // `cargo test` runs tests with variables of its own (CARGO_MANIFEST_DIR, CARGO_PKG_*
+        // ...); build scripts that watch them (ring's does) would see other values than
+        // `cargo test` saw and rebuild, here and again in the next `cargo test`.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("CARGO_") && !matches!(k.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR") {
+                cmd.env_remove(&key);
+            }
+        }
         if release {
             cmd.arg("--release");
         }

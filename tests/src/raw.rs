@@ -29,6 +29,19 @@ impl RawClient {
         }
     }
 
+    /// Opens a TCP connection from a given local address (no bytes sent yet).
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind the local address");
+        let stream = socket.connect(addr).await.expect("connect to the broker");
+        RawClient {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+        }
+    }
+
     /// Connects and completes the handshake as guest on vhost `/`, with heartbeats off.
     pub async fn open(addr: SocketAddr) -> RawClient {
         Self::open_as(addr, "guest", "guest", "/").await

@@ -86,7 +86,7 @@ enum Command {
         #[arg(long)]
         tags: Option<String>,
         /// The queue type for declarations that name none.
-        #[arg(long)]
+        #[arg(long = "default-queue-type")]
         default_queue_type: Option<String>,
     },
     /// Deletes a vhost with everything in it.
@@ -140,10 +140,10 @@ enum Command {
     DeleteQueue {
         queue: String,
         /// Only if it is empty.
-        #[arg(short = 'e', long)]
+        #[arg(short = 'e', long = "if-empty")]
         if_empty: bool,
         /// Only if it has no consumers.
-        #[arg(short = 'u', long)]
+        #[arg(short = 'u', long = "if-unused")]
         if_unused: bool,
     },
     /// Closes a connection (by the name list_connections shows).

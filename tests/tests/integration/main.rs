@@ -3,12 +3,16 @@
 
 mod access;
 mod alarms;
+mod auth;
 mod basic;
+mod config_file;
 mod confirms_tx;
 mod connection;
+mod definitions;
 mod durability;
 mod exchanges;
 mod queues;
 mod raw_frames;
 mod smoke;
 mod tls;
+mod warrenctl;
