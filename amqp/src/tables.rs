@@ -102,6 +102,74 @@ pub(crate) fn check_properties(raw: &[u8]) -> Result<(), TableError> {
     skip_nested(rest, 1, true).map(|_| ())
 }
 
+/// What the broker reads from every message's properties without parsing them.
+pub(crate) struct Scanned {
+    /// The delivery mode (0 when absent).
+    pub delivery_mode: u8,
+    /// The priority (0 when absent).
+    pub priority: u8,
+    /// The expiration text: its offset in the property bytes and its length.
+    pub expiration: Option<(usize, usize)>,
+}
+
+/// Validates encoded basic properties (flags then values) exactly as far as the parser
+/// would, without allocating, and returns the fields every message needs (delivery mode,
+/// priority, where its expiration is). Everything else stays as bytes until someone asks.
+pub(crate) fn scan_properties(raw: &[u8]) -> Result<Scanned, TableError> {
+    let (Some(&hi), Some(&lo)) = (raw.first(), raw.get(1)) else {
+        return Err(TableError::Malformed);
+    };
+    let flags = u16::from_be_bytes([hi, lo]);
+    let mut rest = &raw[2..];
+    let (mut delivery_mode, mut priority) = (0, 0);
+    let mut expiration = None;
+    let short_str = |buf: &[u8]| -> Result<usize, TableError> {
+        let len = usize::from(*buf.first().ok_or(TableError::Malformed)?);
+        let s = buf.get(1..1 + len).ok_or(TableError::Malformed)?;
+        std::str::from_utf8(s).map_err(|_| TableError::Malformed)?;
+        Ok(1 + len)
+    };
+    for bit in (2..=15).rev() {
+        if flags & (1 << bit) == 0 {
+            continue;
+        }
+        rest = match bit {
+            // headers
+            13 => skip_nested(rest, 1, true)?,
+            // delivery-mode, priority
+            12 | 11 => {
+                let (&v, after) = rest.split_first().ok_or(TableError::Malformed)?;
+                if bit == 12 {
+                    delivery_mode = v;
+                } else {
+                    priority = v;
+                }
+                after
+            }
+            // timestamp
+            6 => rest.get(8..).ok_or(TableError::Malformed)?,
+            // every other property is a short string
+            _ => {
+                let n = short_str(rest)?;
+                if bit == 8 {
+                    // expiration: where its text starts in `raw`, and its length
+                    expiration = Some((raw.len() - rest.len() + 1, n - 1));
+                }
+                &rest[n..]
+            }
+        };
+    }
+    if rest.is_empty() {
+        Ok(Scanned {
+            delivery_mode,
+            priority,
+            expiration,
+        })
+    } else {
+        Err(TableError::Malformed)
+    }
+}
+
 /// A 32-bit length and the bytes after it.
 fn split_len(buf: &[u8]) -> Result<(usize, &[u8]), TableError> {
     match buf {
@@ -121,7 +189,10 @@ fn skip_nested(buf: &[u8], depth: usize, table: bool) -> Result<&[u8], TableErro
     while !entries.is_empty() {
         if table {
             let key_len = 1 + usize::from(entries[0]);
-            entries = entries.get(key_len..).ok_or(TableError::Malformed)?;
+            let key = entries.get(1..key_len).ok_or(TableError::Malformed)?;
+            // Keys are short strings: UTF-8, as the parser requires.
+            std::str::from_utf8(key).map_err(|_| TableError::Malformed)?;
+            entries = &entries[key_len..];
         }
         let (&kind, value) = entries.split_first().ok_or(TableError::Malformed)?;
         entries = skip_value(kind, value, depth)?;

@@ -174,7 +174,8 @@ pub fn validate_queue_args(name: &str, vhost: &str, args: &FieldTable) -> Result
             | "x-max-length-bytes"
             | "x-max-in-memory-length"
             | "x-max-in-memory-bytes"
-            | "x-delivery-limit" => match int() {
+            | "x-delivery-limit"
+            | "x-consumer-timeout" => match int() {
                 None => Some(not_int()),
                 Some(v) if v < 0 => Some(format!("{{value_negative,{v}}}")),
                 Some(_) => None,
@@ -182,10 +183,19 @@ pub fn validate_queue_args(name: &str, vhost: &str, args: &FieldTable) -> Result
             "x-max-priority" => match int() {
                 None => Some(not_int()),
                 Some(v) if v < 0 => Some(format!("{{value_negative,{v}}}")),
-                Some(v) if v > 255 => Some(format!("{{max_priority_too_large,{v}}}")),
+                Some(v) if v > 255 => Some(format!("{{max_value_exceeded,{v}}}")),
                 Some(_) => None,
             },
-            "x-dead-letter-exchange" | "x-dead-letter-routing-key" => match value {
+            "x-dead-letter-exchange" => match value {
+                AMQPValue::LongString(_) => None,
+                _ => Some(unacceptable()),
+            },
+            "x-dead-letter-routing-key" => match value {
+                AMQPValue::LongString(_)
+                    if !args.inner().contains_key("x-dead-letter-exchange") =>
+                {
+                    Some("routing_key_but_no_dlx_defined".to_string())
+                }
                 AMQPValue::LongString(_) => None,
                 _ => Some(unacceptable()),
             },

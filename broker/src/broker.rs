@@ -52,6 +52,8 @@ pub struct BrokerShared {
     pub started_at: std::time::Instant,
     /// Cancelled once the node has completely stopped (after `shutdown`).
     pub stopped: CancellationToken,
+    /// Direct reply-to consumers.
+    pub replies: crate::direct_reply::ReplyRegistry,
     next_id: AtomicU64,
     me: Weak<BrokerShared>,
 }
@@ -157,6 +159,7 @@ impl BrokerShared {
             listeners: Mutex::new(Vec::new()),
             started_at: std::time::Instant::now(),
             stopped: CancellationToken::new(),
+            replies: Default::default(),
             next_id: AtomicU64::new(1),
             me: me.clone(),
         });
@@ -272,8 +275,9 @@ impl BrokerShared {
                     let reason = format!("user '{name}' is deleted");
                     self.connections.close_where(|c| *c.user == *name, &reason);
                 }
-                // What policies and parameters do is applied where they are implemented.
-                Change::PoliciesChanged { .. } | Change::ParameterChanged { .. } => {}
+                // Parameters are stored; what they configure (shovels, federation) reads
+                // them where it is implemented.
+                Change::ParameterChanged { .. } => {}
                 Change::ExchangeChanged { vhost, name } => {
                     let (Some(vh), Some(vm)) = (self.vhost(&vhost), meta.vhosts.get(&vhost)) else {
                         continue;
@@ -281,7 +285,10 @@ impl BrokerShared {
                     let Some(def) = vm.exchanges.get(&name) else {
                         continue;
                     };
-                    let route = Arc::new(ExchangeRoute::build(def, vm.bindings_from(&name)));
+                    let route = Arc::new(
+                        ExchangeRoute::build(def, vm.bindings_from(&name))
+                            .with_alternate(vm.alternate_exchange(def)),
+                    );
                     vh.update(|r| {
                         r.exchanges.insert(Arc::from(name.as_str()), route);
                     });
@@ -294,9 +301,10 @@ impl BrokerShared {
                     }
                 }
                 Change::QueueAdded { vhost, def } => {
-                    let Some(vh) = self.vhost(&vhost) else {
+                    let (Some(vh), Some(vm)) = (self.vhost(&vhost), meta.vhosts.get(&vhost)) else {
                         continue;
                     };
+                    let settings = vm.queue_settings(&def, self.config.consumer_timeout_ms);
                     let me = self.me.clone();
                     let (qv, qn) = (vhost.clone(), def.name.clone());
                     let auto_delete = Box::new(move || {
@@ -320,10 +328,36 @@ impl BrokerShared {
                         recovered,
                         confirm_sync: self.config.confirm_sync,
                     };
-                    let handle = queue::spawn(&def, vh.name.clone(), Some(disk), auto_delete);
+                    let handle = queue::spawn(&def, &vh, settings, Some(disk), auto_delete);
                     vh.update(|r| {
                         r.queues.insert(Arc::from(def.name.as_str()), handle);
                     });
+                }
+                Change::PoliciesChanged { vhost } => {
+                    let (Some(vh), Some(vm)) = (self.vhost(&vhost), meta.vhosts.get(&vhost)) else {
+                        continue;
+                    };
+                    // Every queue gets its effective settings again (a no-op where they did
+                    // not change), every exchange its alternate exchange.
+                    for def in vm.queues.values() {
+                        if let Some(q) = vh.queue(&def.name) {
+                            q.set_settings(vm.queue_settings(def, self.config.consumer_timeout_ms));
+                        }
+                    }
+                    let routes: Vec<(Arc<str>, Arc<ExchangeRoute>)> = vm
+                        .exchanges
+                        .values()
+                        .map(|def| {
+                            (
+                                Arc::from(def.name.as_str()),
+                                Arc::new(
+                                    ExchangeRoute::build(def, vm.bindings_from(&def.name))
+                                        .with_alternate(vm.alternate_exchange(def)),
+                                ),
+                            )
+                        })
+                        .collect();
+                    vh.update(|r| r.exchanges.extend(routes));
                 }
                 Change::QueueRemoved { vhost, name } => {
                     if let Some(vh) = self.vhost(&vhost) {

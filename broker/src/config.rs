@@ -69,6 +69,10 @@ pub struct Config {
     /// only for the write to the OS, which survives a crash of the process but not of the
     /// machine.
     pub confirm_sync: bool,
+    /// How long a consumer may keep a delivery unacked before it is cancelled and its
+    /// unacked messages requeued, in ms (RabbitMQ's `consumer_timeout`; 0 disables). Queues
+    /// override it with `x-consumer-timeout` or a `consumer-timeout` policy.
+    pub consumer_timeout_ms: u64,
     /// A definitions file (RabbitMQ's JSON format) imported at every start.
     pub load_definitions: Option<PathBuf>,
     /// The AMQPS listener, when configured.
@@ -181,6 +185,7 @@ impl Default for Config {
             memory_high_watermark: 0.4,
             alarm_interval_ms: 1000,
             confirm_sync: true,
+            consumer_timeout_ms: crate::policy::DEFAULT_CONSUMER_TIMEOUT_MS,
             load_definitions: None,
             tls: None,
             log_level: "info".into(),
@@ -211,12 +216,18 @@ impl Config {
     }
 
     /// The distribution port: configured, or the AMQP port + 20000 (a free one when the
-    /// AMQP port is 0).
-    pub fn dist_port(&self) -> u16 {
+    /// AMQP port is 0). An AMQP port above 45535 has no default distribution port: it
+    /// must be configured.
+    pub fn dist_port(&self) -> Result<u16, ConfigError> {
         match self.dist_port {
-            Some(p) => p,
-            None if self.port == 0 => 0,
-            None => self.port.saturating_add(20000),
+            Some(p) => Ok(p),
+            None if self.port == 0 => Ok(0),
+            None => self.port.checked_add(20000).ok_or_else(|| {
+                ConfigError(format!(
+                    "key `dist_port`: the default (AMQP port {} + 20000) is not a port; set dist_port, --dist-port or WARREN_DIST_PORT",
+                    self.port
+                ))
+            }),
         }
     }
 
@@ -294,6 +305,7 @@ struct FileConfig {
     disk_free_limit: Option<u64>,
     vm_memory_high_watermark: Option<f64>,
     confirm_sync: Option<bool>,
+    consumer_timeout: Option<u64>,
     load_definitions: Option<PathBuf>,
     log_level: Option<String>,
     tls: Option<FileTls>,
@@ -444,6 +456,9 @@ impl Config {
         if let Some(v) = file.confirm_sync {
             self.confirm_sync = v;
         }
+        if let Some(v) = file.consumer_timeout {
+            self.consumer_timeout_ms = v;
+        }
         if let Some(v) = file.load_definitions {
             self.load_definitions = Some(resolve(v));
         }
@@ -591,7 +606,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.port, 5673);
-        assert_eq!(c.dist_port(), 25673);
+        assert_eq!(c.dist_port(), Ok(25673));
         assert_eq!(c.heartbeat, 30);
         assert!(c.loopback_users.is_empty());
         assert_eq!(
@@ -644,7 +659,12 @@ mod tests {
         };
         c.apply_env(&env).expect("valid");
         assert_eq!(c.port, 5700);
-        assert_eq!(c.dist_port(), 25800);
+        assert_eq!(c.dist_port(), Ok(25800));
+        let high = Config {
+            port: 50000,
+            ..Config::default()
+        };
+        assert!(high.dist_port().is_err());
         assert_eq!(c.node_name(), "a@b");
         assert_eq!(c.data_dir, PathBuf::from("/data"));
         let bad = |k: &str| (k == "WARREN_NODE_PORT").then(|| "x".to_string());

@@ -455,11 +455,11 @@ pub fn export(meta: &Metadata) -> Definitions {
         }
         for p in vh.policies.values() {
             d.policies.push(PolicyJson {
-                apply_to: p.apply_to.clone(),
-                definition: p.definition.clone(),
-                name: p.name.clone(),
-                pattern: p.pattern.clone(),
-                priority: p.priority,
+                apply_to: p.def.apply_to.name().to_string(),
+                definition: p.def.definition.clone(),
+                name: p.def.name.clone(),
+                pattern: p.def.pattern.clone(),
+                priority: p.def.priority,
                 vhost: vname.clone(),
             });
         }
@@ -661,14 +661,8 @@ pub fn commands(defs: &Definitions) -> Result<Vec<MetaCommand>, String> {
         });
     }
     for p in &defs.policies {
-        if !matches!(p.apply_to.as_str(), "queues" | "exchanges" | "all") {
-            return Err(format!(
-                "policy '{}' in vhost '{}': apply-to '{}' is not queues, exchanges or all",
-                p.name, p.vhost, p.apply_to
-            ));
-        }
-        crate::access::validate_pattern(&p.pattern)
-            .map_err(|e| format!("policy '{}' in vhost '{}': {e}", p.name, p.vhost))?;
+        let apply_to = crate::meta::ApplyTo::parse(&p.apply_to)
+            .map_err(|e| format!("policy '{}' in vhost '{}': {}", p.name, p.vhost, e.text))?;
         if !p.definition.is_object() {
             return Err(format!(
                 "policy '{}' in vhost '{}': definition must be a JSON object",
@@ -679,7 +673,7 @@ pub fn commands(defs: &Definitions) -> Result<Vec<MetaCommand>, String> {
             vhost: p.vhost.clone(),
             name: p.name.clone(),
             pattern: p.pattern.clone(),
-            apply_to: p.apply_to.clone(),
+            apply_to,
             priority: p.priority,
             definition: p.definition.clone(),
         }));

@@ -49,6 +49,27 @@ pub enum ConnEvent {
         /// The consumer tag.
         consumer_tag: Arc<str>,
     },
+    /// The queue cancelled a consumer that held a delivery unacked past the consumer
+    /// timeout; it has requeued these deliveries, whose tags the channel must now forget.
+    ConsumerTimedOut {
+        /// The consumer's channel.
+        channel: ChannelKey,
+        /// The consumer tag.
+        consumer_tag: Arc<str>,
+        /// The queue.
+        queue: QueueHandle,
+        /// The requeued deliveries, by message id.
+        msg_ids: Vec<u64>,
+    },
+    /// A reply for a direct reply-to consumer (`amq.rabbitmq.reply-to`).
+    Reply {
+        /// The requesting channel.
+        channel: ChannelKey,
+        /// The reply consumer's tag.
+        consumer_tag: Arc<str>,
+        /// The reply.
+        msg: Arc<Message>,
+    },
     /// The node closes the connection (320 CONNECTION_FORCED): its vhost or user was
     /// deleted, or an operator closed it.
     ForceClose {

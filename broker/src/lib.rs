@@ -18,11 +18,13 @@ pub mod config;
 pub mod connection;
 pub mod definitions;
 pub mod delivery;
+pub mod direct_reply;
 pub mod dist;
 pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod meta;
+pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod store;
@@ -77,7 +79,7 @@ impl Broker {
             .tls
             .as_ref()
             .map(|t| SocketAddr::new(t.bind.unwrap_or(config.bind), t.port));
-        let dist_bind = SocketAddr::new(config.bind, config.dist_port());
+        let dist_bind = SocketAddr::new(config.bind, config.dist_port()?);
         let definitions_file = config.load_definitions.clone();
         // Recover first: the listeners open once the node can serve what it had.
         let shared = BrokerShared::start(config).await?;
@@ -170,9 +172,10 @@ impl RunningBroker {
             let _ = l.await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tasks.wait()).await;
-        // Everything written so far reaches the disk before the node reports it stopped.
+        // Everything written so far reaches the disk, and the store is closed (so the same
+        // data directory can be opened again), before the node reports it stopped.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.shared.store.barrier(Box::new(move |_| {
+        self.shared.store.shutdown(Box::new(move |_| {
             let _ = tx.send(());
         }));
         let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;

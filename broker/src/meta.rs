@@ -9,6 +9,8 @@
 //! definitions.
 
 use crate::error::ChannelError;
+use crate::policy::Policy;
+pub use crate::policy::{ApplyTo, PolicyDef};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use warren_amqp::{AMQPValue, FieldTable};
@@ -148,24 +150,6 @@ pub struct TopicPermission {
     pub read: String,
 }
 
-/// A policy: definitions applied to the queues or exchanges whose names match a pattern.
-/// Stored and exported here; what each key does is the queues' and exchanges' business.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PolicyDef {
-    /// The vhost.
-    pub vhost: String,
-    /// The policy's name.
-    pub name: String,
-    /// A regular expression over queue or exchange names.
-    pub pattern: String,
-    /// `queues`, `exchanges` or `all` (RabbitMQ's `apply-to`).
-    pub apply_to: String,
-    /// Among matching policies, the highest priority wins.
-    pub priority: i64,
-    /// The policy's keys and values (`max-length`, `dead-letter-exchange`, ...).
-    pub definition: serde_json::Value,
-}
-
 /// A runtime parameter of a vhost (a shovel, a federation upstream, vhost limits...).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParameterDef {
@@ -268,15 +252,6 @@ pub enum MetaCommand {
         /// The metadata.
         metadata: VhostMetadata,
     },
-    /// Create or replace a policy.
-    SetPolicy(PolicyDef),
-    /// Remove a policy.
-    ClearPolicy {
-        /// The vhost.
-        vhost: String,
-        /// The policy's name.
-        name: String,
-    },
     /// Create or replace a vhost's runtime parameter.
     SetParameter(ParameterDef),
     /// Remove a vhost's runtime parameter.
@@ -344,6 +319,24 @@ pub enum MetaCommand {
         /// The binding.
         binding: BindingDef,
     },
+    /// Create or replace a policy (validated; applies to existing objects at once).
+    SetPolicy(PolicyDef),
+    /// Remove a policy.
+    ClearPolicy {
+        /// The vhost.
+        vhost: String,
+        /// The policy's name.
+        name: String,
+    },
+    /// Create or replace an operator policy.
+    SetOperatorPolicy(PolicyDef),
+    /// Remove an operator policy.
+    ClearOperatorPolicy {
+        /// The vhost.
+        vhost: String,
+        /// The operator policy's name.
+        name: String,
+    },
 }
 
 /// What applying a command changed, for the runtime to act on.
@@ -385,7 +378,8 @@ pub enum Change {
     PermissionsChanged,
     /// A user was deleted: its connections close.
     UserRemoved(String),
-    /// A vhost's policies changed.
+    /// The policies or operator policies of a vhost changed: every queue and exchange in it
+    /// gets its effective settings again.
     PoliciesChanged {
         /// The vhost.
         vhost: String,
@@ -401,6 +395,12 @@ pub enum Change {
     },
 }
 
+/// Which map a policy command works on.
+enum PolicyKind {
+    Regular,
+    Operator,
+}
+
 type BindingKey = (String, DestinationKind, String, String, Vec<u8>);
 
 /// One vhost's definitions.
@@ -414,10 +414,12 @@ pub struct VhostMeta {
     bindings: BTreeMap<BindingKey, BindingDef>,
     /// Description, tags, default queue type.
     pub metadata: VhostMetadata,
-    /// Policies by name.
-    pub policies: BTreeMap<String, PolicyDef>,
     /// Runtime parameters by (component, name).
     pub parameters: BTreeMap<(String, String), ParameterDef>,
+    /// Policies by name.
+    pub policies: BTreeMap<String, Policy>,
+    /// Operator policies by name.
+    pub operator_policies: BTreeMap<String, Policy>,
 }
 
 impl VhostMeta {
@@ -444,6 +446,33 @@ impl VhostMeta {
 
     fn has_binding_from(&self, exchange: &str) -> bool {
         self.bindings_from(exchange).next().is_some()
+    }
+
+    /// A queue's effective settings: its arguments merged with the policies applying to it.
+    pub fn queue_settings(
+        &self,
+        def: &QueueDef,
+        default_consumer_timeout: u64,
+    ) -> crate::policy::QueueSettings {
+        use crate::policy::{applying, QueueSettings, Target};
+        QueueSettings::resolve(
+            &def.arguments,
+            applying(self.policies.values(), Target::Queue, &def.name),
+            applying(self.operator_policies.values(), Target::Queue, &def.name),
+            default_consumer_timeout,
+        )
+    }
+
+    /// An exchange's alternate exchange (argument, else policy).
+    pub fn alternate_exchange(&self, def: &ExchangeDef) -> Option<std::sync::Arc<str>> {
+        use crate::policy::{alternate_exchange, applying, Target};
+        if def.name.is_empty() {
+            return None;
+        }
+        alternate_exchange(
+            &def.arguments,
+            applying(self.policies.values(), Target::Exchange, &def.name),
+        )
     }
 }
 
@@ -485,6 +514,12 @@ fn binding_key(b: &BindingDef) -> BindingKey {
 impl Metadata {
     /// Applies a command, returning what changed or the error a client should see.
     pub fn apply(&mut self, cmd: MetaCommand) -> Result<Vec<Change>, ChannelError> {
+        let cmd_kind = match &cmd {
+            MetaCommand::SetOperatorPolicy(_) | MetaCommand::ClearOperatorPolicy { .. } => {
+                PolicyKind::Operator
+            }
+            _ => PolicyKind::Regular,
+        };
         match cmd {
             MetaCommand::AddVhost { name } => {
                 if self.vhosts.contains_key(&name) {
@@ -596,22 +631,6 @@ impl Metadata {
                 self.vhost_mut(&name)?.metadata = metadata;
                 Ok(vec![])
             }
-            MetaCommand::SetPolicy(def) => {
-                let vh = self.vhost_mut(&def.vhost)?;
-                let vhost = def.vhost.clone();
-                vh.policies.insert(def.name.clone(), def);
-                Ok(vec![Change::PoliciesChanged { vhost }])
-            }
-            MetaCommand::ClearPolicy { vhost, name } => {
-                let vh = self.vhost_mut(&vhost)?;
-                if vh.policies.remove(&name).is_none() {
-                    return Err(ChannelError::new(
-                        warren_amqp::ReplyCode::NotFound,
-                        format!("policy '{name}' in vhost '{vhost}' does not exist"),
-                    ));
-                }
-                Ok(vec![Change::PoliciesChanged { vhost }])
-            }
             MetaCommand::SetParameter(def) => {
                 let vh = self.vhost_mut(&def.vhost)?;
                 let (vhost, component, name) =
@@ -704,6 +723,36 @@ impl Metadata {
                 let mut changes = remove_bindings_to(vh, &vhost, DestinationKind::Queue, &name);
                 changes.insert(0, Change::QueueRemoved { vhost, name });
                 Ok(changes)
+            }
+            MetaCommand::SetPolicy(def) | MetaCommand::SetOperatorPolicy(def) => {
+                let operator = matches!(cmd_kind, PolicyKind::Operator);
+                let vhost = def.vhost.clone();
+                let policy = Policy::new(def, operator)?;
+                let vh = self.vhost_mut(&vhost)?;
+                let map = if operator {
+                    &mut vh.operator_policies
+                } else {
+                    &mut vh.policies
+                };
+                map.insert(policy.def.name.clone(), policy);
+                Ok(vec![Change::PoliciesChanged { vhost }])
+            }
+            MetaCommand::ClearPolicy { vhost, name }
+            | MetaCommand::ClearOperatorPolicy { vhost, name } => {
+                let operator = matches!(cmd_kind, PolicyKind::Operator);
+                let vh = self.vhost_mut(&vhost)?;
+                let map = if operator {
+                    &mut vh.operator_policies
+                } else {
+                    &mut vh.policies
+                };
+                if map.remove(&name).is_none() {
+                    return Err(ChannelError::new(
+                        warren_amqp::ReplyCode::NotFound,
+                        format!("Parameter does not exist: {name} in vhost '{vhost}'"),
+                    ));
+                }
+                Ok(vec![Change::PoliciesChanged { vhost }])
             }
             MetaCommand::Bind { vhost, binding } => {
                 let vh = self.vhost_mut(&vhost)?;
@@ -1074,9 +1123,6 @@ impl Metadata {
                     metadata: vh.metadata.clone(),
                 });
             }
-            for p in vh.policies.values() {
-                out.push(MetaCommand::SetPolicy(p.clone()));
-            }
             for p in vh.parameters.values() {
                 out.push(MetaCommand::SetParameter(p.clone()));
             }
@@ -1098,6 +1144,12 @@ impl Metadata {
                     vhost: vname.clone(),
                     binding: b.clone(),
                 });
+            }
+            for p in vh.policies.values() {
+                out.push(MetaCommand::SetPolicy(p.def.clone()));
+            }
+            for p in vh.operator_policies.values() {
+                out.push(MetaCommand::SetOperatorPolicy(p.def.clone()));
             }
         }
         out
@@ -1156,6 +1208,62 @@ mod tests {
         assert_eq!(again.vhosts["/"].queues, vh.queues);
         assert_eq!(again.vhosts["/"].bindings().count(), 1);
         assert_eq!(again.vhosts["/"].exchanges.len(), PREDECLARED.len());
+    }
+
+    #[test]
+    fn policies_are_logged_and_rebuilt_from_the_snapshot() {
+        let policy = |name: &str, definition: serde_json::Value| PolicyDef {
+            vhost: "/".into(),
+            name: name.into(),
+            pattern: "^kept\\.".into(),
+            apply_to: ApplyTo::Queues,
+            priority: 1,
+            definition,
+        };
+        let log = vec![
+            MetaCommand::AddVhost { name: "/".into() },
+            queue("kept.q", true, None),
+            MetaCommand::SetPolicy(policy(
+                "limits",
+                serde_json::json!({"max-length": 3, "message-ttl": 60000}),
+            )),
+            MetaCommand::SetOperatorPolicy(policy("cap", serde_json::json!({"max-length": 2}))),
+        ];
+        let meta = Metadata::replay(&log);
+        assert!(log[2].is_durable(&meta) && log[3].is_durable(&meta));
+        // The log is JSON: policies come back from it as they went in.
+        let text = serde_json::to_vec(&log[2]).expect("encodes");
+        assert_eq!(
+            serde_json::from_slice::<MetaCommand>(&text).expect("decodes"),
+            log[2]
+        );
+        let again = Metadata::replay(&meta.snapshot());
+        let vh = &again.vhosts["/"];
+        assert_eq!(
+            vh.policies["limits"].def,
+            meta.vhosts["/"].policies["limits"].def
+        );
+        let s = vh.queue_settings(&vh.queues["kept.q"], 0);
+        assert_eq!(s.max_length, Some(2), "the operator policy caps the limit");
+        assert_eq!(s.message_ttl, Some(60000));
+        assert_eq!(
+            (s.policy.as_deref(), s.operator_policy.as_deref()),
+            (Some("limits"), Some("cap"))
+        );
+        let cleared = {
+            let mut m = again.clone();
+            m.apply(MetaCommand::ClearOperatorPolicy {
+                vhost: "/".into(),
+                name: "cap".into(),
+            })
+            .expect("clear");
+            m
+        };
+        let vh = &cleared.vhosts["/"];
+        assert_eq!(
+            vh.queue_settings(&vh.queues["kept.q"], 0).max_length,
+            Some(3)
+        );
     }
 
     #[test]

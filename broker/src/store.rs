@@ -62,6 +62,8 @@ pub struct StoredMessage {
     pub msg: Arc<Message>,
     /// True for a persistent message of a durable queue (kept across restarts).
     pub durable: bool,
+    /// Its expiry time (ms since the Unix epoch), if it has one.
+    pub expires_at: Option<u64>,
 }
 
 /// What recovery found for one queue.
@@ -111,7 +113,14 @@ enum Op {
         max_bytes: usize,
         reply: Box<dyn FnOnce(Vec<StoredMessage>) + Send>,
     },
+    ReadIds {
+        queue: u64,
+        ids: Vec<u64>,
+        reply: Box<dyn FnOnce(Vec<StoredMessage>) + Send>,
+    },
     Barrier(Done),
+    /// Flush, close the database (releasing its lock) and end the thread.
+    Shutdown(Done),
 }
 
 /// A handle to the store thread.
@@ -141,31 +150,73 @@ pub fn queue_id(vhost: &str, name: &str) -> u64 {
 }
 
 const FLAG_DURABLE: u8 = 1;
+/// The record carries the message's expiry time (8 bytes after the flags).
+const FLAG_EXPIRES: u8 = 2;
+/// The record carries CC/BCC routing keys (after the routing key).
+const FLAG_EXTRA_KEYS: u8 = 4;
 const RECORD_VERSION: u8 = 1;
 
-/// Encodes a message record: version, flags, exchange, routing key, properties, body.
-pub fn encode_message(msg: &Message, durable: bool) -> Bytes {
+/// Encodes a message record: version, flags, [expiry], exchange, routing key, [extra keys],
+/// properties, body. `expires_at` is the absolute expiry (ms since the Unix epoch) the queue
+/// gave the message, kept so that a TTL runs across restarts and while the message is paged.
+pub fn encode_message(msg: &Message, durable: bool, expires_at: Option<u64>) -> Bytes {
     let props = msg.properties.raw();
+    let extra: usize = msg.extra_keys.iter().map(|k| k.len() + 1).sum();
     let mut b = BytesMut::with_capacity(
-        8 + msg.exchange.len() + msg.routing_key.len() + props.len() + msg.body.len(),
+        18 + extra + msg.exchange.len() + msg.routing_key.len() + props.len() + msg.body.len(),
     );
+    let mut flags = if durable { FLAG_DURABLE } else { 0 };
+    if expires_at.is_some() {
+        flags |= FLAG_EXPIRES;
+    }
+    if !msg.extra_keys.is_empty() {
+        flags |= FLAG_EXTRA_KEYS;
+    }
     b.put_u8(RECORD_VERSION);
-    b.put_u8(if durable { FLAG_DURABLE } else { 0 });
+    b.put_u8(flags);
+    if let Some(at) = expires_at {
+        b.put_u64(at);
+    }
     b.put_u8(msg.exchange.len() as u8);
     b.put_slice(msg.exchange.as_bytes());
     b.put_u8(msg.routing_key.len() as u8);
     b.put_slice(msg.routing_key.as_bytes());
+    if !msg.extra_keys.is_empty() {
+        b.put_u16(msg.extra_keys.len() as u16);
+        for k in msg.extra_keys.iter() {
+            let k = &k.as_bytes()[..k.len().min(255)];
+            b.put_u8(k.len() as u8);
+            b.put_slice(k);
+        }
+    }
     b.put_u32(props.len() as u32);
     b.put_slice(props);
     b.put_slice(&msg.body);
     b.freeze()
 }
 
+/// A decoded message record.
+pub struct DecodedMessage {
+    /// The message.
+    pub msg: Message,
+    /// Kept across restarts.
+    pub durable: bool,
+    /// Its expiry time (ms since the Unix epoch), if it has one.
+    pub expires_at: Option<u64>,
+}
+
 /// Decodes a message record.
-pub fn decode_message(mut v: Bytes) -> Result<(Message, bool), StoreError> {
-    fn take_str(v: &mut Bytes, len: usize) -> Result<Arc<str>, StoreError> {
+pub fn decode_message(mut v: Bytes) -> Result<DecodedMessage, StoreError> {
+    fn truncated() -> StoreError {
+        StoreError::Corrupt("message record truncated".into())
+    }
+    fn take_str(v: &mut Bytes) -> Result<Arc<str>, StoreError> {
+        if v.remaining() < 1 {
+            return Err(truncated());
+        }
+        let len = v.get_u8() as usize;
         if v.remaining() < len {
-            return Err(StoreError::Corrupt("message record truncated".into()));
+            return Err(truncated());
         }
         let s = v.split_to(len);
         std::str::from_utf8(&s)
@@ -176,32 +227,47 @@ pub fn decode_message(mut v: Bytes) -> Result<(Message, bool), StoreError> {
         return Err(StoreError::Corrupt("unknown message record version".into()));
     }
     v.advance(1);
-    let durable = v.get_u8() & FLAG_DURABLE != 0;
-    let xlen = v.get_u8() as usize;
-    let exchange = take_str(&mut v, xlen)?;
-    if v.remaining() < 1 {
-        return Err(StoreError::Corrupt("message record truncated".into()));
+    let flags = v.get_u8();
+    let durable = flags & FLAG_DURABLE != 0;
+    let expires_at = if flags & FLAG_EXPIRES != 0 {
+        if v.remaining() < 8 {
+            return Err(truncated());
+        }
+        Some(v.get_u64())
+    } else {
+        None
+    };
+    let exchange = take_str(&mut v)?;
+    let routing_key = take_str(&mut v)?;
+    let mut extra_keys = Vec::new();
+    if flags & FLAG_EXTRA_KEYS != 0 {
+        if v.remaining() < 2 {
+            return Err(truncated());
+        }
+        for _ in 0..v.get_u16() {
+            extra_keys.push(take_str(&mut v)?);
+        }
     }
-    let rlen = v.get_u8() as usize;
-    let routing_key = take_str(&mut v, rlen)?;
     if v.remaining() < 4 {
-        return Err(StoreError::Corrupt("message record truncated".into()));
+        return Err(truncated());
     }
     let plen = v.get_u32() as usize;
     if v.remaining() < plen {
-        return Err(StoreError::Corrupt("message record truncated".into()));
+        return Err(truncated());
     }
     let properties = Properties::decode(v.split_to(plen))
         .map_err(|_| StoreError::Corrupt("message properties".into()))?;
-    Ok((
-        Message {
+    Ok(DecodedMessage {
+        msg: Message {
             exchange,
             routing_key,
+            extra_keys: extra_keys.into_boxed_slice(),
             properties,
             body: v,
         },
         durable,
-    ))
+        expires_at,
+    })
 }
 
 /// An open store, before recovery: the definitions log has been read.
@@ -321,16 +387,35 @@ impl Store {
         });
     }
 
+    /// Reads the messages with these ids (those still on disk), in the order given.
+    pub fn read_ids(
+        &self,
+        queue: u64,
+        ids: Vec<u64>,
+        reply: Box<dyn FnOnce(Vec<StoredMessage>) + Send>,
+    ) {
+        self.send(Op::ReadIds { queue, ids, reply });
+    }
+
     /// Runs `done` once everything sent before is durable.
     pub fn barrier(&self, done: Done) {
         self.send(Op::Barrier(done));
+    }
+
+    /// Makes everything sent before durable, closes the database and ends the store thread;
+    /// `done` runs once the database is closed. Operations sent afterwards fail.
+    pub fn shutdown(&self, done: Done) {
+        self.send(Op::Shutdown(done));
     }
 }
 
 fn fail(op: Op) {
     match op {
-        Op::Put { done: Some(d), .. } | Op::MetaAppend { done: d, .. } | Op::Barrier(d) => d(false),
-        Op::Read { reply, .. } => reply(Vec::new()),
+        Op::Put { done: Some(d), .. }
+        | Op::MetaAppend { done: d, .. }
+        | Op::Barrier(d)
+        | Op::Shutdown(d) => d(false),
+        Op::Read { reply, .. } | Op::ReadIds { reply, .. } => reply(Vec::new()),
         _ => {}
     }
 }
@@ -362,7 +447,7 @@ impl Opened {
                 continue;
             }
             let body = match decode_message(Bytes::from(v.to_vec())) {
-                Ok((m, _)) => m.body.len() as u64,
+                Ok(d) => d.msg.body.len() as u64,
                 Err(e) => {
                     tracing::warn!(queue, id, error = %e, "dropping an unreadable message record");
                     batch.remove(&self.msgs, k);
@@ -481,6 +566,24 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            let shutdown = round.iter().position(|op| matches!(op, Op::Shutdown(_)));
+            if let Some(at) = shutdown {
+                let rest = round.split_off(at);
+                self.round(&mut round);
+                let _ = self.db.persist(PersistMode::SyncData);
+                drop(self);
+                // Every operation after the shutdown fails; the shutdown reports success.
+                for op in rest {
+                    match op {
+                        Op::Shutdown(done) => done(true),
+                        other => fail(other),
+                    }
+                }
+                while let Ok(op) = rx.try_recv() {
+                    fail(op);
+                }
+                return;
+            }
             self.round(&mut round);
             // Under steady traffic the store is never idle: compact anyway once garbage
             // clearly dominates, so disk use stays bounded.
@@ -553,11 +656,12 @@ impl Worker {
                     sync = true;
                     dones.push(done);
                 }
-                Op::Read { .. } => reads.push(op),
+                Op::Read { .. } | Op::ReadIds { .. } => reads.push(op),
                 Op::Barrier(done) => {
                     sync = true;
                     dones.push(done);
                 }
+                Op::Shutdown(done) => done(false),
             }
         }
         ok &= self.commit(batch);
@@ -580,15 +684,16 @@ impl Worker {
             done(ok);
         }
         for op in reads {
-            if let Op::Read {
-                queue,
-                from_id,
-                max_count,
-                max_bytes,
-                reply,
-            } = op
-            {
-                reply(self.read(queue, from_id, max_count, max_bytes));
+            match op {
+                Op::Read {
+                    queue,
+                    from_id,
+                    max_count,
+                    max_bytes,
+                    reply,
+                } => reply(self.read(queue, from_id, max_count, max_bytes)),
+                Op::ReadIds { queue, ids, reply } => reply(self.read_ids(queue, &ids)),
+                _ => {}
             }
         }
     }
@@ -648,6 +753,28 @@ impl Worker {
         }
     }
 
+    fn read_ids(&self, queue: u64, ids: &[u64]) -> Vec<StoredMessage> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match self.msgs.get(msg_key(queue, id)) {
+                Ok(Some(v)) => match decode_message(Bytes::from(v.to_vec())) {
+                    Ok(d) => out.push(StoredMessage {
+                        id,
+                        msg: Arc::new(d.msg),
+                        durable: d.durable,
+                        expires_at: d.expires_at,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(queue, id, error = %e, "skipping an unreadable message record")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, queue, "failed to read a message from disk"),
+            }
+        }
+        out
+    }
+
     fn read(
         &self,
         queue: u64,
@@ -672,12 +799,13 @@ impl Worker {
                 continue;
             };
             match decode_message(Bytes::from(v.to_vec())) {
-                Ok((msg, durable)) => {
-                    bytes += msg.body.len();
+                Ok(d) => {
+                    bytes += d.msg.body.len();
                     out.push(StoredMessage {
                         id,
-                        msg: Arc::new(msg),
-                        durable,
+                        msg: Arc::new(d.msg),
+                        durable: d.durable,
+                        expires_at: d.expires_at,
                     });
                 }
                 Err(e) => {
@@ -700,6 +828,7 @@ mod tests {
         Message {
             exchange: Arc::from("x"),
             routing_key: Arc::from("rk"),
+            extra_keys: Box::new([]),
             properties: Properties::default(),
             body: Bytes::from_static(body),
         }
@@ -708,14 +837,24 @@ mod tests {
     #[test]
     fn message_records_round_trip() {
         let m = msg(b"hello");
-        let (back, durable) = decode_message(encode_message(&m, true)).expect("decodes");
-        assert!(durable);
+        let d = decode_message(encode_message(&m, true, None)).expect("decodes");
+        assert!(d.durable);
+        assert_eq!(d.expires_at, None);
+        let back = d.msg;
         assert_eq!(&*back.exchange, "x");
         assert_eq!(&*back.routing_key, "rk");
         assert_eq!(back.body, Bytes::from_static(b"hello"));
         assert_eq!(back.properties, m.properties);
-        let cut = encode_message(&m, false).slice(..6);
+        let cut = encode_message(&m, false, None).slice(..6);
         assert!(decode_message(cut).is_err());
+        let mut with_keys = msg(b"x");
+        with_keys.extra_keys = vec![Arc::from("cc1"), Arc::from("bcc")].into_boxed_slice();
+        let d = decode_message(encode_message(&with_keys, false, Some(1234))).expect("decodes");
+        assert_eq!(d.expires_at, Some(1234));
+        assert_eq!(
+            d.msg.routing_keys().collect::<Vec<_>>(),
+            vec!["rk", "cc1", "bcc"]
+        );
     }
 
     #[test]

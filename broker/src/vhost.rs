@@ -55,8 +55,11 @@ impl Vhost {
         self.routes.load().queues.get(name).cloned()
     }
 
-    /// Routes a message from `exchange` to the queues it reaches, each queue once, following
-    /// exchange-to-exchange bindings (cycles are cut).
+    /// Routes a message from `exchange` to the queues it reaches, each queue once, as
+    /// RabbitMQ's `rabbit_exchange:route` does: with every routing key of the message (the
+    /// published one, then CC and BCC), following exchange-to-exchange bindings (each exchange
+    /// visited once, so cycles are cut), and sending what an exchange routes nowhere to its
+    /// alternate exchange.
     pub fn route(
         routes: &Routes,
         exchange: &ExchangeRoute,
@@ -69,35 +72,54 @@ impl Vhost {
                 .get_or_insert_with(|| msg.properties.parse().headers().clone())
                 .clone()
         };
-        if exchange.name.is_empty() {
-            if let Some(q) = routes.queues.get(&*msg.routing_key) {
+        let push = |out: &mut Vec<QueueHandle>, q: &QueueHandle| {
+            if !out.iter().any(|o| o.same(q)) {
                 out.push(q.clone());
+            }
+        };
+        if exchange.name.is_empty() {
+            // The default exchange: every key names a queue; it has no alternate exchange.
+            for key in msg.routing_keys() {
+                if let Some(q) = routes.queues.get(key) {
+                    push(out, q);
+                }
             }
             return;
         }
         let mut dests = Vec::new();
-        exchange.route(&msg.routing_key, &mut headers, &mut dests);
-        let mut visited: Vec<Arc<str>> = vec![exchange.name.clone()];
-        let mut i = 0;
-        while i < dests.len() {
-            match &dests[i] {
-                Dest::Queue(name) => {
-                    if let Some(q) = routes.queues.get(name) {
-                        if !out.iter().any(|o| o.same(q)) {
-                            out.push(q.clone());
-                        }
-                    }
-                }
-                Dest::Exchange(name) => {
-                    if !visited.contains(name) && visited.len() < MAX_HOPS {
-                        visited.push(name.clone());
-                        if let Some(x) = routes.exchanges.get(name) {
-                            x.route(&msg.routing_key, &mut headers, &mut dests);
-                        }
-                    }
+        let mut visited: Vec<Arc<str>> = Vec::new();
+        let mut current = Some(exchange);
+        let mut pending: Vec<Arc<str>> = Vec::new();
+        while let Some(x) = current.take() {
+            visited.push(x.name.clone());
+            let start = dests.len();
+            for key in msg.routing_keys() {
+                x.route(key, &mut headers, &mut dests);
+            }
+            if dests.len() == start {
+                if let Some(ae) = &x.alternate {
+                    pending.push(ae.clone());
                 }
             }
-            i += 1;
+            for d in dests.drain(start..) {
+                match d {
+                    Dest::Queue(name) => {
+                        if let Some(q) = routes.queues.get(&name) {
+                            push(out, q);
+                        }
+                    }
+                    Dest::Exchange(name) => pending.push(name),
+                }
+            }
+            while let Some(name) = pending.pop() {
+                if visited.len() >= MAX_HOPS || visited.contains(&name) {
+                    continue;
+                }
+                if let Some(next) = routes.exchanges.get(&name) {
+                    current = Some(next);
+                    break;
+                }
+            }
         }
     }
 }

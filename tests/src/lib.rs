@@ -236,6 +236,7 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T
 }
 
 pub mod certs;
+pub mod perf;
 pub mod pika;
 pub mod process;
 pub mod raw;

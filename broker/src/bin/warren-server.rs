@@ -45,6 +45,10 @@ struct Args {
     /// Fraction of physical memory above which publishers are blocked.
     #[arg(long)]
     memory_high_watermark: Option<f64>,
+    /// How long a consumer may hold an unacked delivery before it is cancelled and its
+    /// messages requeued, in milliseconds (0 disables).
+    #[arg(long)]
+    consumer_timeout: Option<u64>,
 }
 
 fn configure(args: Args) -> anyhow::Result<Config> {
@@ -83,6 +87,9 @@ fn configure(args: Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.disk_free_limit {
         config.disk_free_limit = v;
+    }
+    if let Some(v) = args.consumer_timeout {
+        config.consumer_timeout_ms = v;
     }
     if let Some(w) = args.memory_high_watermark {
         warren_broker::config::check_watermark(w)

@@ -55,6 +55,9 @@ impl Channel {
         conn: &mut ConnState,
         c: basic::Consume,
     ) -> Result<(), ChannelError> {
+        if c.queue.as_str() == crate::direct_reply::PSEUDO_QUEUE {
+            return self.consume_replies(conn, c);
+        }
         conn.check(
             Perm::Read,
             Resource::Queue,
@@ -72,12 +75,27 @@ impl Channel {
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
+        let priority = match c.arguments.inner().get("x-priority") {
+            None => 0,
+            Some(v) => match crate::args::as_i64(v) {
+                Some(p) => p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+                None => {
+                    return Err(ChannelError::precondition(format!(
+                        "invalid arg 'x-priority' for queue '{}' in vhost '{}': \"expected integer, got {}\"",
+                        q.name(),
+                        q.vhost(),
+                        crate::args::type_name(v)
+                    )))
+                }
+            },
+        };
         q.consume(ConsumerSpec {
             tag: tag.clone(),
             channel: self.chref.clone(),
             no_ack: c.no_ack,
             exclusive: c.exclusive,
             prefetch: self.prefetch,
+            priority,
         })
         .await?;
         let (no_ack, exclusive, prefetch) = (c.no_ack, c.exclusive, self.prefetch);
@@ -99,11 +117,61 @@ impl Channel {
         Ok(())
     }
 
+    /// basic.consume on `amq.rabbitmq.reply-to`: the channel's direct reply-to consumer.
+    fn consume_replies(
+        &mut self,
+        conn: &mut ConnState,
+        c: basic::Consume,
+    ) -> Result<(), ChannelError> {
+        if !c.no_ack {
+            return Err(ChannelError::precondition(
+                "reply consumer cannot acknowledge",
+            ));
+        }
+        if self.reply.is_some() {
+            return Err(ChannelError::precondition("reply consumer already set"));
+        }
+        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+            Arc::from(format!("amq.ctag-{}", super::random_suffix()))
+        } else {
+            Arc::from(c.consumer_tag.as_str())
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(ChannelError::new(
+                ReplyCode::NotAllowed,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let name = format!("{}{}", crate::direct_reply::PREFIX, super::random_suffix());
+        conn.shared
+            .replies
+            .register(name.clone(), self.chref.clone(), tag.clone());
+        self.reply = Some((tag.clone(), name));
+        if !c.nowait {
+            conn.send_method(
+                self.id,
+                &AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: warren_amqp::method::short(&tag),
+                })),
+            );
+        }
+        Ok(())
+    }
+
     pub(super) async fn cancel(
         &mut self,
         conn: &mut ConnState,
         c: basic::Cancel,
     ) -> Result<(), ChannelError> {
+        if self
+            .reply
+            .as_ref()
+            .is_some_and(|(t, _)| &**t == c.consumer_tag.as_str())
+        {
+            if let Some((_, name)) = self.reply.take() {
+                conn.shared.replies.unregister(&name);
+            }
+        }
         if let Some(consumer) = self.consumers.remove(c.consumer_tag.as_str()) {
             consumer
                 .queue
@@ -163,6 +231,7 @@ impl Channel {
                             queue: q,
                             msg_id: ok.msg_id,
                             counted: false,
+                            stale: false,
                         },
                     );
                 }
@@ -213,6 +282,9 @@ impl Channel {
         for (_, u, how) in settles {
             if u.counted {
                 counted += 1;
+            }
+            if u.stale {
+                continue;
             }
             match groups
                 .iter_mut()

@@ -31,6 +31,8 @@ struct UnackedRef {
     msg_id: u64,
     /// Counted against the channel's prefetch (consumer deliveries, not basic.get).
     counted: bool,
+    /// Its consumer timed out and the queue took the message back: settling it is a no-op.
+    stale: bool,
 }
 
 /// A consumer registered on this channel.
@@ -68,6 +70,8 @@ pub struct Channel {
     tx: Option<TxState>,
     /// The last queue declared on this channel (an empty queue name means it).
     last_queue: Option<String>,
+    /// The direct reply-to consumer: its tag and the name replies are routed with.
+    reply: Option<(Arc<str>, String)>,
 }
 
 impl Channel {
@@ -96,6 +100,7 @@ impl Channel {
             confirm: None,
             tx: None,
             last_queue: None,
+            reply: None,
         }
     }
 
@@ -338,6 +343,7 @@ impl Channel {
                     queue: d.queue,
                     msg_id: d.msg_id,
                     counted: true,
+                    stale: false,
                 },
             );
         }
@@ -350,8 +356,69 @@ impl Channel {
         }
     }
 
+    /// A direct reply-to reply arrived for this channel's reply consumer.
+    pub fn deliver_reply(
+        &mut self,
+        conn: &mut ConnState,
+        tag: &str,
+        msg: &crate::message::Message,
+    ) {
+        if self.reply.as_ref().is_none_or(|(t, _)| &**t != tag) {
+            return;
+        }
+        let delivery_tag = self.next_tag;
+        self.next_tag += 1;
+        warren_amqp::frame::encode_deliver(
+            &mut conn.out,
+            self.id,
+            tag,
+            delivery_tag,
+            false,
+            &msg.exchange,
+            &msg.routing_key,
+        );
+        warren_amqp::frame::encode_content(
+            &mut conn.out,
+            self.id,
+            msg.properties.raw(),
+            &msg.body,
+            conn.frame_max,
+        );
+    }
+
+    /// A queue cancelled one of this channel's consumers for holding deliveries unacked too
+    /// long and took them back: their tags become no-ops (a late ack must not close the
+    /// channel nor ack a redelivery), their credit returns, and the client hears
+    /// `basic.cancel` if it understands it.
+    pub fn consumer_timed_out(
+        &mut self,
+        conn: &mut ConnState,
+        tag: &str,
+        queue: &QueueHandle,
+        msg_ids: &[u64],
+    ) {
+        let ids: std::collections::HashSet<u64> = msg_ids.iter().copied().collect();
+        let mut released = 0;
+        for u in self.unacked.values_mut() {
+            if !u.stale && u.queue.same(queue) && ids.contains(&u.msg_id) {
+                u.stale = true;
+                if u.counted {
+                    u.counted = false;
+                    released += 1;
+                }
+            }
+        }
+        self.flow.settled(released);
+        if self.consumers.remove(tag).is_some() && conn.consumer_cancel_notify {
+            conn.send_method(self.id, &warren_amqp::method::basic_cancel(tag));
+        }
+    }
+
     /// The channel closed: queues forget its consumers and requeue its unacked messages.
-    pub async fn close(mut self, _conn: &mut ConnState) {
+    pub async fn close(mut self, conn: &mut ConnState) {
+        if let Some((_, name)) = self.reply.take() {
+            conn.shared.replies.unregister(&name);
+        }
         let mut queues: Vec<QueueHandle> = Vec::new();
         let mut add = |q: &QueueHandle| {
             if !queues.iter().any(|o| o.same(q)) {

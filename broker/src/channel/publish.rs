@@ -20,6 +20,8 @@ pub(super) struct Pending {
     routing_key: Arc<str>,
     mandatory: bool,
     properties: Option<Properties>,
+    /// Routing keys from the CC and BCC headers.
+    extra_keys: Box<[Arc<str>]>,
     expected: u64,
     body: Vec<Bytes>,
     received: u64,
@@ -50,6 +52,7 @@ impl Channel {
             routing_key: Arc::from(p.routing_key.as_str()),
             mandatory: p.mandatory,
             properties: None,
+            extra_keys: Box::new([]),
             expected: 0,
             body: Vec::new(),
             received: 0,
@@ -139,6 +142,8 @@ impl Channel {
         }
         (conn.check_topic(Perm::Write, x.kind, &p.exchange, &p.routing_key))
             .map_err(|e| e.on(60, 40))?;
+        let mut p = p;
+        self.check_extensions(&mut p)?;
         if let Some(props) = &p.properties {
             if props.has_user_id() {
                 if let Some(uid) = props.parse().user_id() {
@@ -161,6 +166,81 @@ impl Channel {
         Ok(())
     }
 
+    /// The checks and rewrites of RabbitMQ's extensions, only for messages whose property
+    /// flags say they need them (nothing is parsed otherwise): a valid `expiration`, the
+    /// `CC`/`BCC` routing keys (BCC removed from the message), and a direct reply-to
+    /// `reply_to` replaced by this channel's reply name.
+    fn check_extensions(&self, p: &mut Pending) -> Result<(), ChannelError> {
+        let Some(props) = &p.properties else {
+            return Ok(());
+        };
+        if props.has_expiration() {
+            if let Some(e) = props.expiration_error() {
+                return Err(ChannelError::precondition(e).on(60, 40));
+            }
+        }
+        // A cheap scan for the header names before anything is parsed.
+        let may_cc = props.has_headers()
+            && props
+                .raw()
+                .windows(3)
+                .any(|w| w == b"\x02CC" || w == b"BCC");
+        if !may_cc && !props.has_reply_to() {
+            return Ok(());
+        }
+        let parsed = props.parse();
+        let mut headers = parsed.headers().clone();
+        let mut changed = false;
+        if let Some(h) = &headers {
+            let mut keys: Vec<Arc<str>> = Vec::new();
+            for name in ["CC", "BCC"] {
+                match h.inner().get(name) {
+                    None => {}
+                    Some(warren_amqp::AMQPValue::FieldArray(a)) => {
+                        for v in a.as_slice() {
+                            if let warren_amqp::AMQPValue::LongString(k) = v {
+                                keys.push(Arc::from(String::from_utf8_lossy(k.as_bytes())));
+                            }
+                        }
+                    }
+                    Some(other) => {
+                        return Err(ChannelError::precondition(format!(
+                            "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+                            crate::args::type_name(other)
+                        ))
+                        .on(60, 40));
+                    }
+                }
+            }
+            if h.inner().contains_key("BCC") {
+                let mut kept = warren_amqp::FieldTable::default();
+                for (k, v) in h.inner() {
+                    if k.as_str() != "BCC" {
+                        kept.insert(k.clone(), v.clone());
+                    }
+                }
+                headers = Some(kept);
+                changed = true;
+            }
+            p.extra_keys = keys.into_boxed_slice();
+        }
+        let mut rebuilt = warren_amqp::properties::rebuild(&parsed, headers, false);
+        if parsed.reply_to().as_ref().map(|r| r.as_str()) == Some(crate::direct_reply::PSEUDO_QUEUE)
+        {
+            let Some((_, name)) = &self.reply else {
+                return Err(
+                    ChannelError::precondition("fast reply consumer does not exist").on(60, 40),
+                );
+            };
+            rebuilt = rebuilt.with_reply_to(name.as_str().into());
+            changed = true;
+        }
+        if changed {
+            p.properties = Some(Properties::encode(&rebuilt));
+        }
+        Ok(())
+    }
+
     /// Routes an assembled publish and hands it to its queues.
     pub(super) async fn route_and_deliver(&mut self, conn: &mut ConnState, p: Pending) {
         let body = match p.body.len() {
@@ -177,15 +257,27 @@ impl Channel {
         let msg = Arc::new(Message {
             exchange: p.exchange,
             routing_key: p.routing_key,
+            extra_keys: p.extra_keys,
             properties: p.properties.unwrap_or_default(),
             body,
         });
         let routes = conn.vhost.routes();
         let mut targets: Vec<QueueHandle> = Vec::new();
-        if let Some(x) = routes.exchanges.get(&msg.exchange) {
+        let mut replied = false;
+        if msg.exchange.is_empty() && msg.routing_key.starts_with(crate::direct_reply::PREFIX) {
+            // A direct reply-to reply: straight to the requesting channel, no queue.
+            replied = conn.shared.replies.deliver(&msg.routing_key, msg.clone());
+        } else if let Some(x) = routes.exchanges.get(&msg.exchange) {
             Vhost::route(&routes, x, &msg, &mut targets);
         }
         let seq = self.confirm.as_mut().map(|c| c.next_seq());
+        if replied && targets.is_empty() {
+            if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
+                c.expect(seq, 0, true);
+                self.send_confirms(conn);
+            }
+            return;
+        }
         if targets.is_empty() {
             if p.mandatory {
                 conn.send_method(

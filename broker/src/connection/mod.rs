@@ -253,7 +253,8 @@ impl Connection {
                 _ = shutdown.cancelled(), if self.closing_since.is_none() => {
                     self.close_connection(
                         ReplyCode::ConnectionForced,
-                        "broker forced connection closure with reason 'shutdown'",
+                        &ReplyCode::ConnectionForced
+                            .text("broker forced connection closure with reason 'shutdown'"),
                         0,
                         0,
                     );
@@ -688,6 +689,29 @@ impl Connection {
                         if !self.confirms_pending.contains(&channel.channel) {
                             self.confirms_pending.push(channel.channel);
                         }
+                    }
+                }
+            }
+            ConnEvent::ConsumerTimedOut {
+                channel,
+                consumer_tag,
+                queue,
+                msg_ids,
+            } => {
+                if let Some(Slot::Open(ch)) = self.channels.get_mut(&channel.channel) {
+                    if ch.epoch() == channel.epoch {
+                        ch.consumer_timed_out(&mut self.state, &consumer_tag, &queue, &msg_ids);
+                    }
+                }
+            }
+            ConnEvent::Reply {
+                channel,
+                consumer_tag,
+                msg,
+            } => {
+                if let Some(Slot::Open(ch)) = self.channels.get_mut(&channel.channel) {
+                    if ch.epoch() == channel.epoch {
+                        ch.deliver_reply(&mut self.state, &consumer_tag, &msg);
                     }
                 }
             }

@@ -36,6 +36,8 @@ pub struct ExchangeRoute {
     pub kind: ExchangeKind,
     /// Clients may not publish to it.
     pub internal: bool,
+    /// Where messages it routes nowhere go (`alternate-exchange` argument or policy).
+    pub alternate: Option<Arc<str>>,
     router: Router,
 }
 
@@ -92,8 +94,15 @@ impl ExchangeRoute {
             name: Arc::from(def.name.as_str()),
             kind: def.kind,
             internal: def.internal,
+            alternate: None,
             router,
         }
+    }
+
+    /// Sets the alternate exchange.
+    pub fn with_alternate(mut self, alternate: Option<Arc<str>>) -> Self {
+        self.alternate = alternate;
+        self
     }
 
     /// Appends the destinations a message with this routing key (and these headers, for a

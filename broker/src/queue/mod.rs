@@ -3,12 +3,14 @@
 //! same handle API by forwarding over the distribution link.
 
 mod actor;
+pub mod dead_letter;
 
 use crate::delivery::{ChannelKey, ChannelRef};
 use crate::error::ChannelError;
 use crate::message::Message;
+use crate::policy::QueueSettings;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use actor::{spawn, Disk};
@@ -29,6 +31,8 @@ pub struct ConsumerSpec {
     pub exclusive: bool,
     /// Most unacked deliveries to this consumer (0: no limit).
     pub prefetch: u32,
+    /// `x-priority`: higher-priority consumers get messages first.
+    pub priority: i32,
 }
 
 /// A publish handed to a queue, with where to send its confirm.
@@ -98,6 +102,12 @@ struct Inner {
     vhost: Arc<str>,
     exclusive_owner: Option<u64>,
     tx: mpsc::Sender<QueueCmd>,
+    /// Dead letters from other queues: unbounded so that no queue ever waits on another
+    /// (see `dead_letter`).
+    dead_letters: mpsc::UnboundedSender<Publish>,
+    /// The queue's effective settings (arguments merged with policies); replaced when a
+    /// policy changes, the actor picks the new value up at once.
+    settings: watch::Sender<Arc<QueueSettings>>,
     stop: CancellationToken,
 }
 
@@ -231,6 +241,28 @@ impl QueueHandle {
             .await
             .map_err(|_| gone(self))?;
         rx.await.map_err(|_| gone(self))
+    }
+
+    /// Hands a dead-lettered message to the queue without waiting.
+    pub fn dead_letter(&self, publish: Publish) {
+        let _ = self.inner.dead_letters.send(publish);
+    }
+
+    /// The queue's effective settings.
+    pub fn settings(&self) -> Arc<QueueSettings> {
+        self.inner.settings.borrow().clone()
+    }
+
+    /// Gives the queue new effective settings (a policy changed); a no-op when equal.
+    pub fn set_settings(&self, settings: QueueSettings) {
+        self.inner.settings.send_if_modified(|cur| {
+            if **cur == settings {
+                false
+            } else {
+                *cur = Arc::new(settings);
+                true
+            }
+        });
     }
 
     /// The queue's counters.

@@ -708,3 +708,45 @@ async fn a_torn_write_at_the_journal_tail_is_dropped_and_the_node_starts() {
         "every confirmed message survives the torn tail"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_node_can_be_started_again_on_its_data_dir_after_shutdown() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for round in 0..3u32 {
+        let node = warren_broker::Broker::start(warren_broker::Config::for_tests(dir.path()))
+            .await
+            .unwrap_or_else(|e| panic!("start {round}: {e}"));
+        let conn = Connection::connect(
+            &format!("amqp://guest:guest@{}/%2f", node.local_addr()),
+            ConnectionProperties::default(),
+        )
+        .await
+        .expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        durable_queue(&ch, "kept", FieldTable::default()).await;
+        ch.basic_publish(
+            "".into(),
+            "kept".into(),
+            BasicPublishOptions::default(),
+            &round.to_be_bytes(),
+            persistent(),
+        )
+        .await
+        .expect("publish");
+        let count = ch
+            .queue_declare(
+                "kept".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare")
+            .message_count();
+        assert_eq!(count, round + 1, "round {round}: earlier messages are back");
+        // The client is still connected: shutdown closes it and releases the store.
+        within(20, "shutdown", node.shutdown()).await;
+    }
+}
