@@ -143,7 +143,7 @@ async fn imported_users_log_in_and_imported_bindings_route() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
-    for key in ["order.new", "audit.login", "order.x.urgent"] {
+    for key in ["order.new", "audit.login", "order.x.urgent", "nothing.here"] {
         ch.basic_publish(
             "fx-events".into(),
             key.into(),
@@ -165,10 +165,12 @@ async fn imported_users_log_in_and_imported_bindings_route() {
                 .map(|m| String::from_utf8_lossy(&m.delivery.data).into_owned())
         }
     };
-    // order.* and order.#.urgent to fx-orders; audit.# through the fx-audit exchange.
+    // order.* and order.#.urgent to fx-orders; audit.# through the fx-audit exchange; the
+    // rest to the alternate exchange fx-unrouted and its queue.
     assert_eq!(get("fx-orders").await.as_deref(), Some("order.new"));
     assert_eq!(get("fx-orders").await.as_deref(), Some("order.x.urgent"));
     assert_eq!(get("fx-audit-log").await.as_deref(), Some("audit.login"));
+    assert_eq!(get("fx-unrouted-q").await.as_deref(), Some("nothing.here"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
