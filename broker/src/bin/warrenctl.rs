@@ -151,6 +151,66 @@ enum Command {
         connection: String,
         explanation: String,
     },
+    /// Creates or replaces a policy (-p).
+    SetPolicy {
+        name: String,
+        pattern: String,
+        /// The definition, a JSON object.
+        definition: String,
+        /// Among matching policies the highest priority wins.
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+        /// queues, exchanges or all.
+        #[arg(long = "apply-to", default_value = "all")]
+        apply_to: String,
+    },
+    /// Removes a policy (-p).
+    ClearPolicy { name: String },
+    /// Lists a vhost's policies (-p).
+    ListPolicies,
+    /// Creates or replaces an operator policy (-p).
+    SetOperatorPolicy {
+        name: String,
+        pattern: String,
+        /// The definition, a JSON object.
+        definition: String,
+        /// Among matching policies the highest priority wins.
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+        /// queues, exchanges or all.
+        #[arg(long = "apply-to", default_value = "all")]
+        apply_to: String,
+    },
+    /// Removes an operator policy (-p).
+    ClearOperatorPolicy { name: String },
+    /// Lists a vhost's operator policies (-p).
+    ListOperatorPolicies,
+    /// Sets a runtime parameter (-p).
+    SetParameter {
+        component: String,
+        name: String,
+        /// The value, JSON.
+        value: String,
+    },
+    /// Removes a runtime parameter (-p).
+    ClearParameter { component: String, name: String },
+    /// Lists a vhost's runtime parameters (-p).
+    ListParameters,
+    /// Sets a global runtime parameter.
+    SetGlobalParameter {
+        name: String,
+        /// The value, JSON.
+        value: String,
+    },
+    /// Removes a global runtime parameter.
+    ClearGlobalParameter { name: String },
+    /// Lists the global runtime parameters.
+    ListGlobalParameters,
+    /// Sets a vhost's limits (-p), e.g. '{"max-connections": 100}' (stored; not enforced
+    /// yet).
+    SetVhostLimits { definition: String },
+    /// Removes a vhost's limits (-p).
+    ClearVhostLimits,
     /// Writes the node's definitions to FILE ("-": stdout) in RabbitMQ's JSON format.
     ExportDefinitions { file: String },
     /// Imports definitions from FILE ("-": stdin) in RabbitMQ's JSON format.
@@ -455,6 +515,54 @@ fn banner(cmd: &Command, vhost: &str, node: &str) -> Option<String> {
         Command::CloseConnection { connection, .. } => {
             format!("Closing connection {connection}, reason: ...")
         }
+        Command::SetPolicy {
+            name,
+            pattern,
+            definition,
+            priority,
+            ..
+        } => format!(
+            "Setting policy \"{name}\" for pattern \"{pattern}\" to \"{definition}\" with priority \"{priority}\" for vhost \"{vhost}\" ..."
+        ),
+        Command::ClearPolicy { name } => {
+            format!("Clearing policy \"{name}\" on vhost \"{vhost}\" ...")
+        }
+        Command::ListPolicies => format!("Listing policies for vhost \"{vhost}\" ..."),
+        Command::SetOperatorPolicy {
+            name,
+            pattern,
+            definition,
+            priority,
+            ..
+        } => format!(
+            "Setting operator policy override \"{name}\" for pattern \"{pattern}\" to \"{definition}\" with priority \"{priority}\" for vhost \"{vhost}\" ..."
+        ),
+        Command::ClearOperatorPolicy { name } => {
+            format!("Clearing operator policy \"{name}\" on vhost \"{vhost}\" ...")
+        }
+        Command::ListOperatorPolicies => {
+            format!("Listing operator policy overrides for vhost \"{vhost}\" ...")
+        }
+        Command::SetParameter {
+            component, name, ..
+        } => format!(
+            "Setting runtime parameter \"{name}\" for component \"{component}\" ..."
+        ),
+        Command::ClearParameter { component, name } => format!(
+            "Clearing runtime parameter \"{name}\" for component \"{component}\" on vhost \"{vhost}\" ..."
+        ),
+        Command::ListParameters => {
+            format!("Listing runtime parameters for vhost \"{vhost}\" ...")
+        }
+        Command::SetGlobalParameter { name, .. } => {
+            format!("Setting global runtime parameter \"{name}\" ...")
+        }
+        Command::ClearGlobalParameter { name } => {
+            format!("Clearing global runtime parameter \"{name}\" ...")
+        }
+        Command::ListGlobalParameters => "Listing global runtime parameters ...".into(),
+        Command::SetVhostLimits { .. } => format!("Applying limits to vhost \"{vhost}\" ..."),
+        Command::ClearVhostLimits => format!("Clearing vhost \"{vhost}\" limits ..."),
         Command::ExportDefinitions { file } => {
             if file == "-" {
                 return None;
@@ -612,6 +720,79 @@ fn request(cmd: &Command, vhost: &str) -> Result<CtlOp, Failure> {
         } => CtlOp::CloseConnection {
             name: connection.clone(),
             reason: explanation.clone(),
+        },
+        Command::SetPolicy {
+            name,
+            pattern,
+            definition,
+            priority,
+            apply_to,
+        }
+        | Command::SetOperatorPolicy {
+            name,
+            pattern,
+            definition,
+            priority,
+            apply_to,
+        } => CtlOp::SetPolicy {
+            vhost,
+            name: name.clone(),
+            pattern: pattern.clone(),
+            definition: definition.clone(),
+            priority: *priority,
+            apply_to: apply_to.clone(),
+            operator: matches!(cmd, Command::SetOperatorPolicy { .. }),
+        },
+        Command::ClearPolicy { name } | Command::ClearOperatorPolicy { name } => {
+            CtlOp::ClearPolicy {
+                vhost,
+                name: name.clone(),
+                operator: matches!(cmd, Command::ClearOperatorPolicy { .. }),
+            }
+        }
+        Command::ListPolicies => CtlOp::ListPolicies {
+            vhost,
+            operator: false,
+        },
+        Command::ListOperatorPolicies => CtlOp::ListPolicies {
+            vhost,
+            operator: true,
+        },
+        Command::SetParameter {
+            component,
+            name,
+            value,
+        } => CtlOp::SetParameter {
+            vhost,
+            component: component.clone(),
+            name: name.clone(),
+            value: value.clone(),
+        },
+        Command::ClearParameter { component, name } => CtlOp::ClearParameter {
+            vhost,
+            component: component.clone(),
+            name: name.clone(),
+        },
+        Command::ListParameters => CtlOp::ListParameters { vhost },
+        Command::SetGlobalParameter { name, value } => CtlOp::SetGlobalParameter {
+            name: name.clone(),
+            value: value.clone(),
+        },
+        Command::ClearGlobalParameter { name } => {
+            CtlOp::ClearGlobalParameter { name: name.clone() }
+        }
+        Command::ListGlobalParameters => CtlOp::ListGlobalParameters,
+        // RabbitMQ keeps vhost limits as the parameter vhost-limits/limits.
+        Command::SetVhostLimits { definition } => CtlOp::SetParameter {
+            vhost,
+            component: "vhost-limits".into(),
+            name: "limits".into(),
+            value: definition.clone(),
+        },
+        Command::ClearVhostLimits => CtlOp::ClearParameter {
+            vhost,
+            component: "vhost-limits".into(),
+            name: "limits".into(),
         },
         Command::ExportDefinitions { .. } => CtlOp::ExportDefinitions,
         Command::ImportDefinitions { file } => {

@@ -197,6 +197,78 @@ pub enum CtlOp {
         /// The reason the client sees.
         reason: String,
     },
+    /// Creates or replaces a policy (or an operator policy).
+    SetPolicy {
+        /// Vhost.
+        vhost: String,
+        /// Name.
+        name: String,
+        /// Regular expression over queue and exchange names.
+        pattern: String,
+        /// The definition, JSON text.
+        definition: String,
+        /// Priority.
+        priority: i64,
+        /// `queues`, `exchanges` or `all`.
+        apply_to: String,
+        /// An operator policy.
+        operator: bool,
+    },
+    /// Removes a policy (or an operator policy).
+    ClearPolicy {
+        /// Vhost.
+        vhost: String,
+        /// Name.
+        name: String,
+        /// An operator policy.
+        operator: bool,
+    },
+    /// Lists a vhost's policies (or operator policies).
+    ListPolicies {
+        /// Vhost.
+        vhost: String,
+        /// Operator policies.
+        operator: bool,
+    },
+    /// Sets a vhost's runtime parameter.
+    SetParameter {
+        /// Vhost.
+        vhost: String,
+        /// Component.
+        component: String,
+        /// Name.
+        name: String,
+        /// The value, JSON text.
+        value: String,
+    },
+    /// Removes a vhost's runtime parameter.
+    ClearParameter {
+        /// Vhost.
+        vhost: String,
+        /// Component.
+        component: String,
+        /// Name.
+        name: String,
+    },
+    /// Lists a vhost's runtime parameters.
+    ListParameters {
+        /// Vhost.
+        vhost: String,
+    },
+    /// Sets a global runtime parameter.
+    SetGlobalParameter {
+        /// Name.
+        name: String,
+        /// The value, JSON text.
+        value: String,
+    },
+    /// Removes a global runtime parameter.
+    ClearGlobalParameter {
+        /// Name.
+        name: String,
+    },
+    /// Lists the global runtime parameters.
+    ListGlobalParameters,
     /// The node's definitions in RabbitMQ's JSON format.
     ExportDefinitions,
     /// Imports definitions in RabbitMQ's JSON format.
@@ -797,6 +869,163 @@ pub async fn handle(shared: &Arc<BrokerShared>, op: CtlOp) -> Result<Reply, Remo
             }
             Ok(Reply::Done)
         }
+        CtlOp::SetPolicy {
+            vhost,
+            name,
+            pattern,
+            definition,
+            priority,
+            apply_to,
+            operator,
+        } => {
+            require_vhost(shared, &vhost)?;
+            let definition = parse_json(&definition)?;
+            let apply_to = crate::meta::ApplyTo::parse(&apply_to)
+                .map_err(|e| RemoteError::unavailable(e.text))?;
+            let def = crate::meta::PolicyDef {
+                vhost,
+                name,
+                pattern,
+                apply_to,
+                priority,
+                definition,
+            };
+            let cmd = if operator {
+                MetaCommand::SetOperatorPolicy(def)
+            } else {
+                MetaCommand::SetPolicy(def)
+            };
+            shared
+                .execute(cmd)
+                .await
+                .map_err(|e| RemoteError::unavailable(e.text))?;
+            Ok(Reply::Done)
+        }
+        CtlOp::ClearPolicy {
+            vhost,
+            name,
+            operator,
+        } => {
+            require_vhost(shared, &vhost)?;
+            let cmd = if operator {
+                MetaCommand::ClearOperatorPolicy { vhost, name }
+            } else {
+                MetaCommand::ClearPolicy { vhost, name }
+            };
+            shared
+                .execute(cmd)
+                .await
+                .map_err(|e| RemoteError::unavailable(e.text))?;
+            Ok(Reply::Done)
+        }
+        CtlOp::ListPolicies { vhost, operator } => {
+            require_vhost(shared, &vhost)?;
+            let rows = shared.with_meta(|m| {
+                let Some(vh) = m.vhosts.get(&vhost) else {
+                    return Vec::new();
+                };
+                let map = if operator {
+                    &vh.operator_policies
+                } else {
+                    &vh.policies
+                };
+                map.values()
+                    .map(|p| {
+                        vec![
+                            json!(p.def.vhost),
+                            json!(p.def.name),
+                            json!(p.def.pattern),
+                            json!(p.def.apply_to.name()),
+                            p.def.definition.clone(),
+                            json!(p.def.priority),
+                        ]
+                    })
+                    .collect()
+            });
+            Ok(table(
+                &[
+                    "vhost",
+                    "name",
+                    "pattern",
+                    "apply-to",
+                    "definition",
+                    "priority",
+                ],
+                rows,
+            ))
+        }
+        CtlOp::SetParameter {
+            vhost,
+            component,
+            name,
+            value,
+        } => {
+            require_vhost(shared, &vhost)?;
+            let value = parse_json(&value)?;
+            execute(
+                shared,
+                MetaCommand::SetParameter(crate::meta::ParameterDef {
+                    vhost,
+                    component,
+                    name,
+                    value,
+                }),
+            )
+            .await?;
+            Ok(Reply::Done)
+        }
+        CtlOp::ClearParameter {
+            vhost,
+            component,
+            name,
+        } => {
+            require_vhost(shared, &vhost)?;
+            shared
+                .execute(MetaCommand::ClearParameter {
+                    vhost,
+                    component,
+                    name,
+                })
+                .await
+                .map_err(|e| RemoteError::unavailable(e.text))?;
+            Ok(Reply::Done)
+        }
+        CtlOp::ListParameters { vhost } => {
+            require_vhost(shared, &vhost)?;
+            let rows = shared.with_meta(|m| {
+                m.vhosts
+                    .get(&vhost)
+                    .map(|vh| {
+                        vh.parameters
+                            .values()
+                            .map(|p| vec![json!(p.component), json!(p.name), p.value.clone()])
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            });
+            Ok(table(&["component", "name", "value"], rows))
+        }
+        CtlOp::SetGlobalParameter { name, value } => {
+            let value = parse_json(&value)?;
+            execute(shared, MetaCommand::SetGlobalParameter { name, value }).await?;
+            Ok(Reply::Done)
+        }
+        CtlOp::ClearGlobalParameter { name } => {
+            shared
+                .execute(MetaCommand::ClearGlobalParameter { name })
+                .await
+                .map_err(|e| RemoteError::unavailable(e.text))?;
+            Ok(Reply::Done)
+        }
+        CtlOp::ListGlobalParameters => {
+            let rows = shared.with_meta(|m| {
+                m.global_parameters
+                    .iter()
+                    .map(|(n, v)| vec![json!(n), v.clone()])
+                    .collect()
+            });
+            Ok(table(&["name", "value"], rows))
+        }
         CtlOp::ExportDefinitions => {
             let defs = shared.with_meta(crate::definitions::export);
             let doc =
@@ -812,6 +1041,12 @@ pub async fn handle(shared: &Arc<BrokerShared>, op: CtlOp) -> Result<Reply, Remo
             Ok(Reply::Message(summary.to_string()))
         }
     }
+}
+
+/// Parses a JSON argument (a policy definition, a parameter value).
+fn parse_json(text: &str) -> Result<Value, RemoteError> {
+    serde_json::from_str(text)
+        .map_err(|e| RemoteError::unavailable(format!("JSON decoding error. Reason: {e}")))
 }
 
 fn queue_missing(vhost: &str, name: &str) -> RemoteError {

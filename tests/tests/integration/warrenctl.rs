@@ -583,8 +583,9 @@ async fn a_wrong_cookie_is_refused_at_once() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let dist = broker.dist_addr().expect("dist");
+    let bin = tokio::task::block_in_place(warrenctl_binary);
     let run = |cookie: &std::path::Path| {
-        Command::new(warrenctl_binary())
+        Command::new(&bin)
             .arg("-n")
             .arg(format!("warren@{dist}"))
             .arg("list_users")
@@ -610,4 +611,121 @@ async fn a_wrong_cookie_is_refused_at_once() {
     let right = broker.cookie_file().expect("cookie");
     let out = tokio::task::block_in_place(|| run(&right));
     assert!(out.status.success(), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_and_parameter_commands() {
+    let broker = TestBroker::start().await;
+    if broker.is_external() {
+        return;
+    }
+    broker
+        .admin_ok(&[
+            "set_policy",
+            "--priority",
+            "2",
+            "--apply-to",
+            "queues",
+            "short",
+            "^short\\.",
+            r#"{"max-length": 1}"#,
+        ])
+        .await;
+    let policies = broker
+        .admin_ok(&["list_policies", "--formatter", "json"])
+        .await;
+    assert_eq!(
+        rows(&policies),
+        vec![serde_json::json!({
+            "vhost": "/", "name": "short", "pattern": "^short\\.", "apply-to": "queues",
+            "definition": {"max-length": 1}, "priority": 2
+        })]
+    );
+    // The policy applies: a queue it matches keeps one message.
+    let conn = guest(&broker).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare("short.q".into(), Default::default(), FieldTable::default())
+        .await
+        .expect("declare");
+    for _ in 0..3 {
+        ch.basic_publish(
+            "".into(),
+            "short.q".into(),
+            BasicPublishOptions::default(),
+            b"m",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            broker
+                .admin_ok(&["list_queues", "name", "messages", "--formatter", "json"])
+                .await
+                .contains(r#"{"name":"short.q","messages":1}"#)
+        })
+        .await
+    );
+    let bad = broker
+        .admin(&["set_policy", "bad", ".*", r#"{"max-lengthh": 1}"#])
+        .await;
+    assert_eq!(bad.code, 69, "{bad:?}");
+    let bad = broker.admin(&["set_policy", "bad", ".*", "{bad"]).await;
+    assert_eq!(bad.code, 69, "{bad:?}");
+    assert!(bad.stderr.contains("JSON decoding error"), "{}", bad.stderr);
+    broker.admin_ok(&["clear_policy", "short"]).await;
+    assert_eq!(broker.admin(&["clear_policy", "short"]).await.code, 69);
+    broker
+        .admin_ok(&["set_operator_policy", "cap", ".*", r#"{"max-length": 10}"#])
+        .await;
+    assert!(broker
+        .admin_ok(&["list_operator_policies", "-q"])
+        .await
+        .contains("cap"));
+    broker.admin_ok(&["clear_operator_policy", "cap"]).await;
+    // Parameters, global parameters and vhost limits are stored and exported.
+    broker
+        .admin_ok(&[
+            "set_parameter",
+            "federation-upstream",
+            "up",
+            r#"{"uri": "amqp://remote"}"#,
+        ])
+        .await;
+    broker
+        .admin_ok(&["set_global_parameter", "cluster_name", r#""warren-test""#])
+        .await;
+    broker
+        .admin_ok(&["set_vhost_limits", r#"{"max-connections": 100}"#])
+        .await;
+    let params = broker
+        .admin_ok(&["list_parameters", "--formatter", "json"])
+        .await;
+    assert_eq!(
+        rows(&params),
+        vec![
+            serde_json::json!({"component": "federation-upstream", "name": "up", "value": {"uri": "amqp://remote"}}),
+            serde_json::json!({"component": "vhost-limits", "name": "limits", "value": {"max-connections": 100}}),
+        ]
+    );
+    let globals = broker.admin_ok(&["list_global_parameters", "-q"]).await;
+    assert!(globals.contains("cluster_name  warren-test"), "{globals}");
+    let exported: serde_json::Value =
+        serde_json::from_str(&broker.admin_ok(&["export_definitions", "-"]).await).expect("JSON");
+    assert_eq!(
+        exported["vhosts"][0]["limits"],
+        serde_json::json!([["max-connections", 100]])
+    );
+    broker.admin_ok(&["clear_vhost_limits"]).await;
+    broker
+        .admin_ok(&["clear_parameter", "federation-upstream", "up"])
+        .await;
+    broker
+        .admin_ok(&["clear_global_parameter", "cluster_name"])
+        .await;
+    assert_eq!(
+        broker.admin_ok(&["list_parameters", "-q"]).await,
+        "component  name  value\n"
+    );
 }
