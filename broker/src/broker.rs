@@ -42,6 +42,16 @@ pub struct BrokerShared {
     pub alarms: watch::Receiver<Alarms>,
     /// The alarm limits, changeable at run time.
     pub alarm_limits: Arc<alarm::Limits>,
+    /// Compiled permissions, invalidated on every permission change.
+    pub access: crate::access::AccessRegistry,
+    /// Open client connections.
+    pub connections: Arc<crate::connection::registry::ConnectionRegistry>,
+    /// The listeners, for `status`: (protocol, address).
+    pub listeners: Mutex<Vec<(String, std::net::SocketAddr)>>,
+    /// When the node started.
+    pub started_at: std::time::Instant,
+    /// Cancelled once the node has completely stopped (after `shutdown`).
+    pub stopped: CancellationToken,
     /// Direct reply-to consumers.
     pub replies: crate::direct_reply::ReplyRegistry,
     next_id: AtomicU64,
@@ -144,6 +154,11 @@ impl BrokerShared {
             tasks: TaskTracker::new(),
             alarms,
             alarm_limits,
+            access: Default::default(),
+            connections: Default::default(),
+            listeners: Mutex::new(Vec::new()),
+            started_at: std::time::Instant::now(),
+            stopped: CancellationToken::new(),
             replies: Default::default(),
             next_id: AtomicU64::new(1),
             me: me.clone(),
@@ -251,7 +266,18 @@ impl BrokerShared {
                         .write()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&name);
+                    self.access.invalidate();
+                    let reason = format!("vhost '{name}' is deleted");
+                    self.connections.close_where(|c| *c.vhost == *name, &reason);
                 }
+                Change::PermissionsChanged => self.access.invalidate(),
+                Change::UserRemoved(name) => {
+                    let reason = format!("user '{name}' is deleted");
+                    self.connections.close_where(|c| *c.user == *name, &reason);
+                }
+                // Parameters are stored; what they configure (shovels, federation) reads
+                // them where it is implemented.
+                Change::ParameterChanged { .. } => {}
                 Change::ExchangeChanged { vhost, name } => {
                     let (Some(vh), Some(vm)) = (self.vhost(&vhost), meta.vhosts.get(&vhost)) else {
                         continue;
@@ -351,20 +377,24 @@ fn keep_count(meta: &Metadata) -> usize {
     meta.vhosts.values().map(|v| v.queues.len()).sum()
 }
 
-/// What a node starts with the first time: vhost `/` and the default user with full
-/// permissions on it.
+/// What a node starts with the first time: the default vhost (`/`) and the default user
+/// with full permissions on it.
 fn default_definitions(config: &Config) -> Vec<MetaCommand> {
     let user = config.default_user.clone();
     vec![
-        MetaCommand::AddVhost { name: "/".into() },
+        MetaCommand::AddVhost {
+            name: config.default_vhost.clone(),
+        },
         MetaCommand::PutUser(UserDef {
             name: user.clone(),
             password_hash: crate::auth::hash_password(&config.default_pass),
-            tags: vec!["administrator".into()],
+            tags: config.default_user_tags.clone(),
+            hashing_algorithm: crate::auth::HashingAlgorithm::Sha256,
+            limits: serde_json::json!({}),
         }),
         MetaCommand::SetPermissions {
             user,
-            vhost: "/".into(),
+            vhost: config.default_vhost.clone(),
             permission: Permission {
                 configure: ".*".into(),
                 write: ".*".into(),

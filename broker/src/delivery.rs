@@ -70,6 +70,14 @@ pub enum ConnEvent {
         /// The reply.
         msg: Arc<Message>,
     },
+    /// The node closes the connection (320 CONNECTION_FORCED): its vhost or user was
+    /// deleted, or an operator closed it.
+    ForceClose {
+        /// The reason, after `CONNECTION_FORCED - `.
+        reason: String,
+    },
+    /// An admin tool asks for the connection's channels and consumers.
+    Inspect(tokio::sync::oneshot::Sender<Vec<crate::channel::ChannelInfo>>),
 }
 
 /// One message on its way to a consumer.
@@ -172,6 +180,11 @@ impl ChannelFlow {
                 });
             self.wake();
         }
+    }
+
+    /// The global prefetch limit (0: none).
+    pub fn global_limit(&self) -> u32 {
+        self.global_limit.load(Ordering::SeqCst)
     }
 
     /// Sets the global prefetch limit.

@@ -123,10 +123,58 @@ pub struct BindingDef {
 pub struct UserDef {
     /// The user name.
     pub name: String,
-    /// RabbitMQ-format password hash (base64 of salt ++ sha256(salt ++ password)).
+    /// RabbitMQ-format password hash: base64 of a 4-byte salt followed by the digest of
+    /// salt ++ password; empty for a user that cannot log in with a password.
     pub password_hash: String,
     /// Tags such as `administrator`.
     pub tags: Vec<String>,
+    /// The digest of `password_hash`, by RabbitMQ's module name.
+    #[serde(default)]
+    pub hashing_algorithm: crate::auth::HashingAlgorithm,
+    /// Per-user limits (`max-connections`, `max-channels`), kept as RabbitMQ exports them.
+    #[serde(default = "empty_object")]
+    pub limits: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// A user's topic permissions in one vhost for one topic exchange: regular expressions over
+/// routing keys (`{username}` and `{vhost}` are expanded before matching).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopicPermission {
+    /// Which routing keys the user may publish with.
+    pub write: String,
+    /// Which binding keys the user may bind (consume) with.
+    pub read: String,
+}
+
+/// A runtime parameter of a vhost (a shovel, a federation upstream, vhost limits...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParameterDef {
+    /// The vhost.
+    pub vhost: String,
+    /// The component it configures (`shovel`, `federation-upstream`, `vhost-limits`...).
+    pub component: String,
+    /// The parameter's name.
+    pub name: String,
+    /// Its value, as JSON.
+    pub value: serde_json::Value,
+}
+
+/// A vhost's descriptive metadata.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VhostMetadata {
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The queue type declared when a client names none (RabbitMQ's `default_queue_type`).
+    #[serde(default)]
+    pub default_queue_type: Option<String>,
 }
 
 /// A user's permissions in one vhost: regular expressions over resource names.
@@ -164,6 +212,68 @@ pub enum MetaCommand {
         vhost: String,
         /// The permission patterns.
         permission: Permission,
+    },
+    /// Delete a user with its permissions.
+    DeleteUser {
+        /// The user.
+        name: String,
+    },
+    /// Remove a user's permissions in a vhost.
+    ClearPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+    },
+    /// Set a user's topic permissions for one exchange of a vhost.
+    SetTopicPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// The topic exchange.
+        exchange: String,
+        /// The permission patterns.
+        permission: TopicPermission,
+    },
+    /// Remove a user's topic permissions in a vhost: for one exchange, or all of them.
+    ClearTopicPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// The exchange; None clears them for every exchange.
+        exchange: Option<String>,
+    },
+    /// Set a vhost's description, tags and default queue type.
+    SetVhostMetadata {
+        /// The vhost.
+        name: String,
+        /// The metadata.
+        metadata: VhostMetadata,
+    },
+    /// Create or replace a vhost's runtime parameter.
+    SetParameter(ParameterDef),
+    /// Remove a vhost's runtime parameter.
+    ClearParameter {
+        /// The vhost.
+        vhost: String,
+        /// The component.
+        component: String,
+        /// The parameter's name.
+        name: String,
+    },
+    /// Create or replace a global runtime parameter.
+    SetGlobalParameter {
+        /// The parameter's name.
+        name: String,
+        /// Its value, as JSON.
+        value: serde_json::Value,
+    },
+    /// Remove a global runtime parameter.
+    ClearGlobalParameter {
+        /// The parameter's name.
+        name: String,
     },
     /// Declare an exchange (idempotent when equivalent).
     DeclareExchange {
@@ -264,11 +374,24 @@ pub enum Change {
         /// The queue.
         name: String,
     },
+    /// Permissions or topic permissions changed: cached checks are stale.
+    PermissionsChanged,
+    /// A user was deleted: its connections close.
+    UserRemoved(String),
     /// The policies or operator policies of a vhost changed: every queue and exchange in it
     /// gets its effective settings again.
     PoliciesChanged {
         /// The vhost.
         vhost: String,
+    },
+    /// A vhost's runtime parameter was set or cleared.
+    ParameterChanged {
+        /// The vhost.
+        vhost: String,
+        /// The component.
+        component: String,
+        /// The parameter's name.
+        name: String,
     },
 }
 
@@ -289,6 +412,10 @@ pub struct VhostMeta {
     pub queues: BTreeMap<String, QueueDef>,
     /// Bindings ordered by source exchange.
     bindings: BTreeMap<BindingKey, BindingDef>,
+    /// Description, tags, default queue type.
+    pub metadata: VhostMetadata,
+    /// Runtime parameters by (component, name).
+    pub parameters: BTreeMap<(String, String), ParameterDef>,
     /// Policies by name.
     pub policies: BTreeMap<String, Policy>,
     /// Operator policies by name.
@@ -358,6 +485,10 @@ pub struct Metadata {
     pub users: BTreeMap<String, UserDef>,
     /// Permissions by (user, vhost).
     pub permissions: BTreeMap<(String, String), Permission>,
+    /// Topic permissions by (user, vhost, exchange).
+    pub topic_permissions: BTreeMap<(String, String, String), TopicPermission>,
+    /// Global runtime parameters by name.
+    pub global_parameters: BTreeMap<String, serde_json::Value>,
 }
 
 /// The exchanges every vhost has.
@@ -424,6 +555,7 @@ impl Metadata {
                     ));
                 };
                 self.permissions.retain(|(_, v), _| *v != name);
+                self.topic_permissions.retain(|(_, v, _), _| *v != name);
                 let mut changes: Vec<Change> = vh
                     .queues
                     .keys()
@@ -445,18 +577,107 @@ impl Metadata {
                 permission,
             } => {
                 if !self.users.contains_key(&user) {
-                    return Err(ChannelError::new(
-                        warren_amqp::ReplyCode::NotFound,
-                        format!("user '{user}' does not exist"),
-                    ));
+                    return Err(no_user(&user));
                 }
-                if !self.vhosts.contains_key(&vhost) {
-                    return Err(ChannelError::new(
-                        warren_amqp::ReplyCode::NotFound,
-                        format!("vhost '{vhost}' does not exist"),
-                    ));
-                }
+                self.vhost_mut(&vhost)?;
                 self.permissions.insert((user, vhost), permission);
+                Ok(vec![Change::PermissionsChanged])
+            }
+            MetaCommand::DeleteUser { name } => {
+                if self.users.remove(&name).is_none() {
+                    return Err(no_user(&name));
+                }
+                self.permissions.retain(|(u, _), _| *u != name);
+                self.topic_permissions.retain(|(u, _, _), _| *u != name);
+                Ok(vec![Change::PermissionsChanged, Change::UserRemoved(name)])
+            }
+            MetaCommand::ClearPermissions { user, vhost } => {
+                if !self.users.contains_key(&user) {
+                    return Err(no_user(&user));
+                }
+                self.vhost_mut(&vhost)?;
+                self.permissions.remove(&(user, vhost));
+                Ok(vec![Change::PermissionsChanged])
+            }
+            MetaCommand::SetTopicPermissions {
+                user,
+                vhost,
+                exchange,
+                permission,
+            } => {
+                if !self.users.contains_key(&user) {
+                    return Err(no_user(&user));
+                }
+                self.vhost_mut(&vhost)?;
+                self.topic_permissions
+                    .insert((user, vhost, exchange), permission);
+                Ok(vec![Change::PermissionsChanged])
+            }
+            MetaCommand::ClearTopicPermissions {
+                user,
+                vhost,
+                exchange,
+            } => {
+                if !self.users.contains_key(&user) {
+                    return Err(no_user(&user));
+                }
+                self.vhost_mut(&vhost)?;
+                self.topic_permissions.retain(|(u, v, x), _| {
+                    !(*u == user && *v == vhost && exchange.as_ref().is_none_or(|e| e == x))
+                });
+                Ok(vec![Change::PermissionsChanged])
+            }
+            MetaCommand::SetVhostMetadata { name, metadata } => {
+                self.vhost_mut(&name)?.metadata = metadata;
+                Ok(vec![])
+            }
+            MetaCommand::SetParameter(def) => {
+                let vh = self.vhost_mut(&def.vhost)?;
+                let (vhost, component, name) =
+                    (def.vhost.clone(), def.component.clone(), def.name.clone());
+                vh.parameters
+                    .insert((def.component.clone(), def.name.clone()), def);
+                Ok(vec![Change::ParameterChanged {
+                    vhost,
+                    component,
+                    name,
+                }])
+            }
+            MetaCommand::ClearParameter {
+                vhost,
+                component,
+                name,
+            } => {
+                let vh = self.vhost_mut(&vhost)?;
+                if vh
+                    .parameters
+                    .remove(&(component.clone(), name.clone()))
+                    .is_none()
+                {
+                    return Err(ChannelError::new(
+                        warren_amqp::ReplyCode::NotFound,
+                        format!(
+                            "parameter '{name}' of component '{component}' in vhost '{vhost}' does not exist"
+                        ),
+                    ));
+                }
+                Ok(vec![Change::ParameterChanged {
+                    vhost,
+                    component,
+                    name,
+                }])
+            }
+            MetaCommand::SetGlobalParameter { name, value } => {
+                self.global_parameters.insert(name, value);
+                Ok(vec![])
+            }
+            MetaCommand::ClearGlobalParameter { name } => {
+                if self.global_parameters.remove(&name).is_none() {
+                    return Err(ChannelError::new(
+                        warren_amqp::ReplyCode::NotFound,
+                        format!("global parameter '{name}' does not exist"),
+                    ));
+                }
                 Ok(vec![])
             }
             MetaCommand::DeclareExchange { vhost, def } => {
@@ -577,6 +798,13 @@ impl Metadata {
             )
         })
     }
+}
+
+fn no_user(user: &str) -> ChannelError {
+    ChannelError::new(
+        warren_amqp::ReplyCode::NotFound,
+        format!("user '{user}' does not exist"),
+    )
 }
 
 fn check_binding_ends(vh: &VhostMeta, vhost: &str, b: &BindingDef) -> Result<(), ChannelError> {
@@ -874,7 +1102,30 @@ impl Metadata {
                 permission: permission.clone(),
             });
         }
+        for ((user, vhost, exchange), permission) in &self.topic_permissions {
+            out.push(MetaCommand::SetTopicPermissions {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                exchange: exchange.clone(),
+                permission: permission.clone(),
+            });
+        }
+        for (name, value) in &self.global_parameters {
+            out.push(MetaCommand::SetGlobalParameter {
+                name: name.clone(),
+                value: value.clone(),
+            });
+        }
         for (vname, vh) in &self.vhosts {
+            if vh.metadata != VhostMetadata::default() {
+                out.push(MetaCommand::SetVhostMetadata {
+                    name: vname.clone(),
+                    metadata: vh.metadata.clone(),
+                });
+            }
+            for p in vh.parameters.values() {
+                out.push(MetaCommand::SetParameter(p.clone()));
+            }
             let predeclared = |n: &str| PREDECLARED.iter().any(|(p, _)| *p == n);
             for x in vh.exchanges.values().filter(|x| !predeclared(&x.name)) {
                 out.push(MetaCommand::DeclareExchange {

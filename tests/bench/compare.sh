@@ -73,7 +73,10 @@ wait_for_port() {
 
 start_warren() {
     rm -rf "$WORK/warren-data"
-    WARREN_LOG=warn "$BIN/warren-server" --port "$WARREN_PORT" --data-dir "$WORK/warren-data" \
+    # The distribution port defaults to the AMQP port + 20000: let the OS pick one instead,
+    # and keep the cookie out of $HOME.
+    WARREN_LOG=warn WARREN_COOKIE_FILE="$WORK/warren.cookie" \
+        "$BIN/warren-server" --port "$WARREN_PORT" --dist-port 0 --data-dir "$WORK/warren-data" \
         >>"$WORK/warren.log" 2>&1 &
     WARREN_PID=$!
     wait_for_port "$WARREN_PORT"

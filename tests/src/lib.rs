@@ -59,6 +59,77 @@ impl TestBroker {
         &self.uri
     }
 
+    /// `amqp://user:pass@HOST:PORT/<vhost>` (the vhost percent-encoded).
+    pub fn uri_for(&self, user: &str, pass: &str, vhost: &str) -> String {
+        format!(
+            "amqp://{}:{}@{}/{}",
+            encode(user),
+            encode(pass),
+            self.addr,
+            encode(vhost)
+        )
+    }
+
+    /// The AMQPS address, when the broker has a TLS listener.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(|r| r.tls_addr())
+    }
+
+    /// The distribution port's address (None against an external broker).
+    pub fn dist_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().map(|r| r.dist_addr())
+    }
+
+    /// The node's cookie file (None against an external broker).
+    pub fn cookie_file(&self) -> Option<std::path::PathBuf> {
+        self.running
+            .as_ref()
+            .map(|r| r.shared().config.cookie_file())
+    }
+
+    /// Runs an admin command with rabbitmqctl's arguments: `warrenctl` against this node,
+    /// or `rabbitmqctl` against an external broker (the command names and flags are the
+    /// same).
+    pub async fn admin(&self, args: &[&str]) -> CtlOutput {
+        let (program, mut full): (std::path::PathBuf, Vec<String>) = match self.dist_addr() {
+            Some(dist) => (
+                process::warrenctl_binary(),
+                vec!["-n".into(), format!("warren@{dist}")],
+            ),
+            None => ("rabbitmqctl".into(), Vec::new()),
+        };
+        full.extend(args.iter().map(|a| a.to_string()));
+        let cookie = self.cookie_file();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(&program);
+            cmd.args(&full).stdin(std::process::Stdio::null());
+            if let Some(c) = cookie {
+                cmd.env("WARREN_COOKIE_FILE", c);
+            }
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+            CtlOutput {
+                code: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        })
+        .await
+        .expect("the admin command ran")
+    }
+
+    /// Like `admin`, asserting that it succeeded; returns its output.
+    pub async fn admin_ok(&self, args: &[&str]) -> String {
+        let out = self.admin(args).await;
+        assert_eq!(
+            out.code, 0,
+            "admin command {args:?} failed: {}{}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+
     /// The in-process node's shared state (None against an external broker).
     pub fn shared(&self) -> Option<&std::sync::Arc<warren_broker::broker::BrokerShared>> {
         self.running.as_ref().map(|r| r.shared())
@@ -83,6 +154,30 @@ impl Drop for TestBroker {
             running.shutdown_in_background();
         }
     }
+}
+
+/// What an admin command printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct CtlOutput {
+    /// The exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Percent-encodes a URI component.
+pub fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn external_addr(uri: &str) -> SocketAddr {
@@ -140,6 +235,8 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T
     }
 }
 
+pub mod certs;
 pub mod perf;
+pub mod pika;
 pub mod process;
 pub mod raw;

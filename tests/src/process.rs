@@ -11,13 +11,29 @@ use std::time::Duration;
 pub struct ServerProcess {
     child: Option<Child>,
     addr: SocketAddr,
+    dist_port: u16,
     data_dir: PathBuf,
 }
 
 /// The `warren-server` binary of this build, built first if needed.
 pub fn server_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+    BIN.get_or_init(|| build_binary("warren-server")).clone()
+}
+
+/// The `warrenctl` binary of this build, built first if needed.
+pub fn warrenctl_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_binary("warrenctl")).clone()
+}
+
+/// Builds one of warren-broker's binaries (a no-op when it is up to date) and returns its
+/// path.
+fn build_binary(name: &str) -> PathBuf {
+    // Builds run one at a time: concurrent cargo invocations would only queue on the lock.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    {
         // The test executable is `<target>/<profile>/deps/<name>`; the binary sits in
         // `<target>/<profile>/`.
         let exe = std::env::current_exe().expect("the test executable's path");
@@ -31,6 +47,9 @@ pub fn server_binary() -> PathBuf {
             .expect("the profile directory is in the target directory");
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         // Build it (a no-op when it is up to date) so a test never runs a stale binary.
+        // The tests' targets are named too, so features unify as they do in `cargo test`:
+        // otherwise the shared libraries would be rebuilt with other features here, and
+        // back again by the next `cargo test`.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args([
@@ -38,19 +57,32 @@ pub fn server_binary() -> PathBuf {
             "-q",
             "-p",
             "warren-broker",
+            "-p",
+            "warren-tests",
             "--bin",
             "warren-server",
+            "--bin",
+            "warrenctl",
+            "--tests",
         ])
         .arg("--target-dir")
         .arg(target_dir);
+        // `cargo test` runs tests with variables of its own (CARGO_MANIFEST_DIR, CARGO_PKG_*
+        // ...); build scripts that watch them (ring's does) would see other values than
+        // `cargo test` saw and rebuild, here and again in the next `cargo test`.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("CARGO_") && !matches!(k.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR") {
+                cmd.env_remove(&key);
+            }
+        }
         if release {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build for warren-server");
-        assert!(status.success(), "building warren-server failed");
-        profile_dir.join("warren-server")
-    })
-    .clone()
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building {name} failed");
+        profile_dir.join(name)
+    }
 }
 
 /// A free TCP port on loopback (the OS may hand it out again later; tests use it at once).
@@ -65,11 +97,26 @@ impl ServerProcess {
     /// Starts a broker on `port` with its data in `data_dir`, and waits until it accepts
     /// connections.
     pub async fn start(data_dir: &Path, port: u16) -> ServerProcess {
-        let child = Command::new(server_binary())
-            .arg("--port")
+        Self::start_with(data_dir, port, |_| {}).await
+    }
+
+    /// Like `start`, after `tweak` added arguments or environment to the command (the
+    /// distribution port defaults to a free one, the cookie to `<data_dir>/.cookie`).
+    pub async fn start_with(
+        data_dir: &Path,
+        port: u16,
+        tweak: impl FnOnce(&mut Command),
+    ) -> ServerProcess {
+        let dist_port = free_port();
+        let mut cmd = Command::new(server_binary());
+        cmd.arg("--port")
             .arg(port.to_string())
             .arg("--data-dir")
             .arg(data_dir)
+            .env("WARREN_DIST_PORT", dist_port.to_string())
+            .env("WARREN_COOKIE_FILE", data_dir.join(".cookie"));
+        tweak(&mut cmd);
+        let child = cmd
             .env("WARREN_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -80,6 +127,7 @@ impl ServerProcess {
         let mut server = ServerProcess {
             child: Some(child),
             addr,
+            dist_port,
             data_dir: data_dir.to_path_buf(),
         };
         server.wait_ready().await;
@@ -113,6 +161,32 @@ impl ServerProcess {
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
     pub fn uri(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// The distribution port (unless the command's environment overrode it).
+    pub fn dist_port(&self) -> u16 {
+        self.dist_port
+    }
+
+    /// The cookie file (unless the command's environment overrode it).
+    pub fn cookie_file(&self) -> PathBuf {
+        self.data_dir.join(".cookie")
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; returns its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The process id, for reading its memory use.

@@ -29,8 +29,26 @@ impl RawClient {
         }
     }
 
+    /// Opens a TCP connection from a given local address (no bytes sent yet).
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind the local address");
+        let stream = socket.connect(addr).await.expect("connect to the broker");
+        RawClient {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+        }
+    }
+
     /// Connects and completes the handshake as guest on vhost `/`, with heartbeats off.
     pub async fn open(addr: SocketAddr) -> RawClient {
+        Self::open_as(addr, "guest", "guest", "/").await
+    }
+
+    /// Connects and completes the handshake as `user` on `vhost`, with heartbeats off.
+    pub async fn open_as(addr: SocketAddr, user: &str, pass: &str, vhost: &str) -> RawClient {
         let mut c = Self::connect(addr).await;
         c.write(PROTOCOL_HEADER).await;
         let start = c.read_frame().await.expect("connection.start");
@@ -43,7 +61,7 @@ impl RawClient {
             AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
                 client_properties: Default::default(),
                 mechanism: "PLAIN".into(),
-                response: LongString::from(b"\0guest\0guest".to_vec()),
+                response: LongString::from(format!("\0{user}\0{pass}").into_bytes()),
                 locale: "en_US".into(),
             })),
         )
@@ -68,7 +86,7 @@ impl RawClient {
         c.send_method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: "/".into(),
+                virtual_host: vhost.into(),
             })),
         )
         .await;

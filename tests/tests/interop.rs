@@ -416,6 +416,8 @@ struct Broker {
 struct Warren {
     child: Option<Child>,
     port: u16,
+    /// Its distribution port (a free one, kept across restarts).
+    dist_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -432,6 +434,7 @@ impl Broker {
         let mut warren = Warren {
             child: None,
             port,
+            dist_port: warren_tests::process::free_port(),
             dir,
         };
         warren.spawn().await?;
@@ -486,6 +489,8 @@ impl Warren {
             .arg(self.port.to_string())
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
+            .env("WARREN_DIST_PORT", self.dist_port.to_string())
+            .env("WARREN_COOKIE_FILE", self.dir.path().join("cookie"))
             .env("WARREN_LOG", "warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -554,37 +559,7 @@ async fn restart_external() -> Result<(), String> {
 /// The `warren-server` binary of this build, built first (a no-op when up to date) so the
 /// suite never runs a stale broker.
 fn server_binary() -> std::path::PathBuf {
-    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        // This test runs as `<target>/<profile>/deps/interop-<hash>`.
-        let exe = std::env::current_exe().expect("the test executable's path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable is in <target>/<profile>/deps");
-        let target_dir = profile_dir
-            .parent()
-            .expect("the profile directory is in the target directory");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args([
-            "build",
-            "-q",
-            "-p",
-            "warren-broker",
-            "--bin",
-            "warren-server",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build for warren-server");
-        assert!(status.success(), "building warren-server failed");
-        profile_dir.join("warren-server")
-    })
-    .clone()
+    warren_tests::process::server_binary()
 }
 
 enum Outcome {

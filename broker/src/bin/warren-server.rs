@@ -1,4 +1,5 @@
-//! `warren-server`: runs a Warren node.
+//! `warren-server`: runs a Warren node. Settings come from defaults, then the config file
+//! (`--config` or `WARREN_CONFIG_FILE`), then environment variables, then these flags.
 
 use clap::Parser;
 use std::net::IpAddr;
@@ -9,17 +10,24 @@ use warren_broker::{Broker, Config};
 #[derive(Parser, Debug)]
 #[command(name = "warren-server", version, about)]
 struct Args {
-    /// AMQP port.
-    #[arg(long, short = 'p', env = "WARREN_NODE_PORT")]
+    /// The config file (TOML; see docs/config.md).
+    #[arg(long, env = "WARREN_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    /// AMQP port [env: WARREN_NODE_PORT, RABBITMQ_NODE_PORT].
+    #[arg(long, short = 'p')]
     port: Option<u16>,
-    /// Address to listen on.
-    #[arg(long, env = "WARREN_BIND")]
+    /// Distribution port for warrenctl [env: WARREN_DIST_PORT, RABBITMQ_DIST_PORT].
+    #[arg(long)]
+    dist_port: Option<u16>,
+    /// Address to listen on [env: WARREN_BIND, RABBITMQ_NODE_IP_ADDRESS].
+    #[arg(long)]
     bind: Option<IpAddr>,
-    /// Data directory (default ./warren-data/<node name>).
-    #[arg(long, env = "WARREN_DATA_DIR")]
+    /// Data directory (default ./warren-data/<node name>) [env: WARREN_DATA_DIR,
+    /// RABBITMQ_MNESIA_DIR].
+    #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Node name (name@host).
-    #[arg(long, env = "WARREN_NODENAME")]
+    /// Node name (name@host) [env: WARREN_NODENAME, RABBITMQ_NODENAME].
+    #[arg(long)]
     nodename: Option<String>,
     /// Largest message body accepted, in bytes.
     #[arg(long)]
@@ -43,66 +51,70 @@ struct Args {
     consumer_timeout: Option<u64>,
 }
 
-fn env_alias(name: &str, alias: &str) -> Option<String> {
-    std::env::var(name).or_else(|_| std::env::var(alias)).ok()
+fn configure(args: Args) -> anyhow::Result<Config> {
+    let mut config = Config::default();
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        config.apply_file(path, &text)?;
+    }
+    config.apply_env(&|k| std::env::var(k).ok())?;
+    if let Some(v) = args.port {
+        config.port = v;
+    }
+    if let Some(v) = args.dist_port {
+        config.dist_port = Some(v);
+    }
+    if let Some(v) = args.bind {
+        config.bind = v;
+    }
+    if let Some(v) = args.nodename {
+        warren_broker::config::check_node_name(&v)
+            .map_err(|m| anyhow::anyhow!("--nodename: {m}"))?;
+        config.node_name = Some(v);
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.max_message_size {
+        config.max_message_size = v;
+    }
+    if let Some(v) = args.heartbeat {
+        config.heartbeat = v;
+    }
+    if let Some(v) = args.confirm_sync {
+        config.confirm_sync = v;
+    }
+    if let Some(v) = args.disk_free_limit {
+        config.disk_free_limit = v;
+    }
+    if let Some(v) = args.consumer_timeout {
+        config.consumer_timeout_ms = v;
+    }
+    if let Some(w) = args.memory_high_watermark {
+        warren_broker::config::check_watermark(w)
+            .map_err(|m| anyhow::anyhow!("--memory-high-watermark: {m}"))?;
+        config.memory_high_watermark = w;
+    }
+    if config.data_dir.as_os_str().is_empty() {
+        config.data_dir = PathBuf::from("warren-data").join(config.node_name());
+    }
+    Ok(config)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let args = Args::parse();
-    let mut config = Config::default();
-    // RabbitMQ's variable names are accepted where Warren's are not set.
-    if let Some(port) = args.port {
-        config.port = port;
-    } else if let Some(p) = env_alias("WARREN_NODE_PORT", "RABBITMQ_NODE_PORT") {
-        config.port = p
-            .parse()
-            .map_err(|_| anyhow::anyhow!("RABBITMQ_NODE_PORT: not a port number: {p}"))?;
-    }
-    if let Some(bind) = args.bind {
-        config.bind = bind;
-    }
-    config.node_name = args
-        .nodename
-        .or_else(|| env_alias("WARREN_NODENAME", "RABBITMQ_NODENAME"));
-    config.data_dir = args
-        .data_dir
-        .unwrap_or_else(|| PathBuf::from("warren-data").join(config.node_name()));
-    if let Some(n) = args.max_message_size {
-        config.max_message_size = n;
-    }
-    if let Some(h) = args.heartbeat {
-        config.heartbeat = h;
-    }
-    if let Some(sync) = args.confirm_sync {
-        config.confirm_sync = sync;
-    }
-    if let Some(t) = args.consumer_timeout {
-        config.consumer_timeout_ms = t;
-    }
-    if let Some(limit) = args.disk_free_limit {
-        config.disk_free_limit = limit;
-    }
-    if let Some(w) = args.memory_high_watermark {
-        anyhow::ensure!(
-            w > 0.0 && w <= 1.0,
-            "--memory-high-watermark must be a fraction in (0, 1], got {w}"
-        );
-        config.memory_high_watermark = w;
-    }
+    let config = configure(Args::parse())?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     let broker = Broker::start(config).await?;
-    tracing::info!(addr = %broker.local_addr(), "Warren started");
+    tracing::info!(addr = %broker.local_addr(), dist = %broker.dist_addr(), "Warren started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
         _ = term.recv() => tracing::info!("terminated, stopping"),
-        _ = broker.stopped() => {}
+        _ = broker.stopped() => tracing::info!("stop requested, stopping"),
     }
     broker.shutdown().await;
     Ok(())

@@ -2,6 +2,7 @@
 //! recover) with the queues they came from.
 
 use super::{Channel, ConsumerRef, UnackedRef};
+use crate::access::{Perm, Resource};
 use crate::connection::ConnState;
 use crate::error::ChannelError;
 use crate::queue::{ConsumerSpec, QueueHandle, Settle};
@@ -57,6 +58,11 @@ impl Channel {
         if c.queue.as_str() == crate::direct_reply::PSEUDO_QUEUE {
             return self.consume_replies(conn, c);
         }
+        conn.check(
+            Perm::Read,
+            Resource::Queue,
+            self.expand_queue_name(c.queue.as_str())?,
+        )?;
         let q = self.resolve_queue(conn, c.queue.as_str())?;
         let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
             Arc::from(format!("amq.ctag-{}", super::random_suffix()))
@@ -92,7 +98,14 @@ impl Channel {
             priority,
         })
         .await?;
-        self.consumers.insert(tag.clone(), ConsumerRef { queue: q });
+        let (no_ack, exclusive, prefetch) = (c.no_ack, c.exclusive, self.prefetch);
+        let consumer = ConsumerRef {
+            queue: q,
+            no_ack,
+            exclusive,
+            prefetch,
+        };
+        self.consumers.insert(tag.clone(), consumer);
         if !c.nowait {
             conn.send_method(
                 self.id,
@@ -181,6 +194,11 @@ impl Channel {
         conn: &mut ConnState,
         g: basic::Get,
     ) -> Result<(), ChannelError> {
+        conn.check(
+            Perm::Read,
+            Resource::Queue,
+            self.expand_queue_name(g.queue.as_str())?,
+        )?;
         let q = self.resolve_queue(conn, g.queue.as_str())?;
         match q.get(self.key, g.no_ack).await? {
             None => conn.send_method(

@@ -3,6 +3,7 @@
 //! a channel knows (reserved names, exclusivity, the last declared queue) and reply.
 
 use super::Channel;
+use crate::access::{Perm, Resource};
 use crate::connection::ConnState;
 use crate::error::ChannelError;
 use crate::exchange::headers::HeadersBinding;
@@ -11,6 +12,22 @@ use warren_amqp::{exchange, queue, AMQPClass, FieldTable};
 
 fn default_exchange_refused() -> ChannelError {
     ChannelError::access_refused("operation not permitted on the default exchange")
+}
+
+impl Channel {
+    /// The queue a method names: "" means the last queue declared on the channel (404 when
+    /// there is none), as RabbitMQ expands it before checking permissions.
+    pub(super) fn expand_queue_name<'a>(&'a self, name: &'a str) -> Result<&'a str, ChannelError> {
+        if !name.is_empty() {
+            return Ok(name);
+        }
+        self.last_queue.as_deref().ok_or_else(|| {
+            ChannelError::new(
+                warren_amqp::ReplyCode::NotFound,
+                "no previously declared queue",
+            )
+        })
+    }
 }
 
 impl Channel {
@@ -40,10 +57,18 @@ impl Channel {
                     d.kind.as_str()
                 )));
             };
+            conn.check(Perm::Configure, Resource::Exchange, name)?;
             if !exists && name.starts_with("amq.") {
                 return Err(ChannelError::access_refused(format!(
                     "exchange name '{name}' contains reserved prefix 'amq.*'"
                 )));
+            }
+            if let (false, Some(ae)) = (
+                exists,
+                crate::meta::string_arg(&d.arguments, "alternate-exchange"),
+            ) {
+                conn.check(Perm::Read, Resource::Exchange, name)?;
+                conn.check(Perm::Write, Resource::Exchange, ae)?;
             }
             conn.shared
                 .execute(MetaCommand::DeclareExchange {
@@ -83,6 +108,7 @@ impl Channel {
                 conn.vhost.name
             )));
         }
+        conn.check(Perm::Configure, Resource::Exchange, name)?;
         match conn
             .shared
             .execute(MetaCommand::DeleteExchange {
@@ -119,6 +145,20 @@ impl Channel {
         Ok(())
     }
 
+    /// Read permission on a binding's source exchange, and topic read permission on the
+    /// binding key when it is a topic exchange.
+    fn check_bind_source(
+        conn: &mut ConnState,
+        source: &str,
+        routing_key: &str,
+    ) -> Result<(), ChannelError> {
+        conn.check(Perm::Read, Resource::Exchange, source)?;
+        if let Some(x) = conn.vhost.routes().exchanges.get(source) {
+            conn.check_topic(Perm::Read, x.kind, source, routing_key)?;
+        }
+        Ok(())
+    }
+
     async fn exchange_binding(
         conn: &mut ConnState,
         source: &str,
@@ -127,6 +167,11 @@ impl Channel {
         arguments: FieldTable,
         bind: bool,
     ) -> Result<(), ChannelError> {
+        conn.check(Perm::Write, Resource::Exchange, destination)?;
+        if source.is_empty() || destination.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        Self::check_bind_source(conn, source, routing_key)?;
         if bind {
             Self::check_binding_args(conn, source, &arguments)?;
         }
@@ -222,10 +267,18 @@ impl Channel {
                     "queue name '{name}' contains reserved prefix 'amq.*'"
                 )));
             }
+            conn.check(Perm::Configure, Resource::Queue, &name)?;
             match conn.vhost.queue(&name) {
                 // An existing queue is checked for equivalence, not validity.
                 Some(existing) => existing.check_access(conn.id)?,
-                None => crate::args::validate_queue_args(&name, &vhost, &d.arguments)?,
+                None => {
+                    let dlx = "x-dead-letter-exchange";
+                    if let Some(dlx) = crate::meta::string_arg(&d.arguments, dlx) {
+                        conn.check(Perm::Read, Resource::Queue, &name)?;
+                        conn.check(Perm::Write, Resource::Exchange, dlx)?;
+                    }
+                    crate::args::validate_queue_args(&name, &vhost, &d.arguments)?
+                }
             }
             conn.shared
                 .execute(MetaCommand::DeclareQueue {
@@ -272,6 +325,17 @@ impl Channel {
         arguments: FieldTable,
         bind: bool,
     ) -> Result<(), ChannelError> {
+        let target = self.expand_queue_name(queue)?;
+        conn.check(Perm::Write, Resource::Queue, target)?;
+        if exchange.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let key = if routing_key.is_empty() && queue.is_empty() {
+            target
+        } else {
+            routing_key
+        };
+        Self::check_bind_source(conn, exchange, key)?;
         let queue_name = if bind {
             if !exchange.is_empty() && !conn.vhost.routes().exchanges.contains_key(exchange) {
                 return Err(ChannelError::no_exchange(&conn.vhost.name, exchange));
@@ -357,6 +421,11 @@ impl Channel {
         conn: &mut ConnState,
         p: queue::Purge,
     ) -> Result<(), ChannelError> {
+        conn.check(
+            Perm::Read,
+            Resource::Queue,
+            self.expand_queue_name(p.queue.as_str())?,
+        )?;
         let q = self.resolve_queue(conn, p.queue.as_str())?;
         let n = q.purge().await?;
         if !p.nowait {
@@ -376,6 +445,11 @@ impl Channel {
         d: queue::Delete,
     ) -> Result<(), ChannelError> {
         let name = d.queue.as_str();
+        conn.check(
+            Perm::Configure,
+            Resource::Queue,
+            self.expand_queue_name(name)?,
+        )?;
         let n = match self.resolve_queue(conn, name) {
             Ok(q) => {
                 let n = q.check_delete(d.if_unused, d.if_empty).await?;

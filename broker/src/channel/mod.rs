@@ -7,7 +7,10 @@
 pub mod confirm;
 mod consume;
 mod declare;
+mod info;
 mod publish;
+
+pub use info::{ChannelInfo, ConsumerInfo};
 
 use crate::connection::ConnState;
 use crate::delivery::{ChannelFlow, ChannelKey, ChannelRef, Delivery};
@@ -35,6 +38,12 @@ struct UnackedRef {
 /// A consumer registered on this channel.
 struct ConsumerRef {
     queue: QueueHandle,
+    /// Deliveries need no ack.
+    no_ack: bool,
+    /// No other consumer may use the queue.
+    exclusive: bool,
+    /// Its prefetch limit.
+    prefetch: u32,
 }
 
 /// A transaction's uncommitted work.

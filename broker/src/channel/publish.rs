@@ -4,6 +4,7 @@
 //! hand to every target queue, and answer with basic.return and/or a confirm.
 
 use super::Channel;
+use crate::access::{Perm, Resource};
 use crate::connection::ConnState;
 use crate::error::ChannelError;
 use crate::message::Message;
@@ -126,6 +127,8 @@ impl Channel {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
+        conn.check(Perm::Write, Resource::Exchange, &p.exchange)
+            .map_err(|e| e.on(60, 40))?;
         let routes = conn.vhost.routes();
         let Some(x) = routes.exchanges.get(&p.exchange) else {
             return Err(ChannelError::no_exchange(&conn.vhost.name, &p.exchange).on(60, 40));
@@ -137,6 +140,8 @@ impl Channel {
             ))
             .on(60, 40));
         }
+        (conn.check_topic(Perm::Write, x.kind, &p.exchange, &p.routing_key))
+            .map_err(|e| e.on(60, 40))?;
         let mut p = p;
         self.check_extensions(&mut p)?;
         if let Some(props) = &p.properties {

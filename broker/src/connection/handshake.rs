@@ -1,23 +1,24 @@
-//! The opening of a connection: protocol header, connection.start / start-ok (SASL PLAIN
-//! or AMQPLAIN), tune / tune-ok, open / open-ok, with RabbitMQ's server properties and its
-//! replies to every way this can go wrong.
+//! The opening of a connection: protocol header, connection.start / start-ok (SASL PLAIN,
+//! AMQPLAIN, or EXTERNAL with a TLS client certificate), tune / tune-ok, open / open-ok,
+//! with RabbitMQ's server properties and its replies to every way this can go wrong.
 
+use super::stream::{Reader, TlsSession};
 use super::writer::Batch;
 use crate::broker::BrokerShared;
+use crate::config::{AuthMechanism, CertLoginFrom};
 use crate::vhost::Vhost;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use warren_amqp::frame::{decode_frame, encode_method, Frame, FRAME_MIN_SIZE, PROTOCOL_HEADER};
 use warren_amqp::{connection, method, AMQPClass, AMQPValue, FieldTable, LongString, ReplyCode};
 
 /// A completed handshake.
 pub(super) struct Opened {
-    pub reader: OwnedReadHalf,
+    pub reader: Reader,
     pub buf: BytesMut,
     pub user: Arc<str>,
     pub vhost: Arc<Vhost>,
@@ -26,6 +27,8 @@ pub(super) struct Opened {
     pub heartbeat: u16,
     pub consumer_cancel_notify: bool,
     pub connection_blocked: bool,
+    pub mechanism: &'static str,
+    pub client_properties: serde_json::Value,
 }
 
 /// What the handshake settled.
@@ -37,11 +40,13 @@ struct Negotiated {
     pub heartbeat: u16,
     pub consumer_cancel_notify: bool,
     pub connection_blocked: bool,
+    pub mechanism: &'static str,
+    pub client_properties: serde_json::Value,
 }
 
 struct Handshake<'a> {
     shared: &'a BrokerShared,
-    reader: OwnedReadHalf,
+    reader: Reader,
     buf: BytesMut,
     writer: &'a mpsc::UnboundedSender<Batch>,
 }
@@ -56,9 +61,10 @@ enum Fail {
 /// Runs the handshake; None when the connection was refused or dropped (already answered).
 pub(super) async fn run(
     shared: &BrokerShared,
-    reader: OwnedReadHalf,
+    reader: Reader,
     writer: &mpsc::UnboundedSender<Batch>,
     peer: SocketAddr,
+    tls: Option<&TlsSession>,
 ) -> Option<Opened> {
     let mut h = Handshake {
         shared,
@@ -67,7 +73,7 @@ pub(super) async fn run(
         writer,
     };
     let timeout = Duration::from_secs(shared.config.handshake_timeout_secs);
-    match tokio::time::timeout(timeout, h.steps(peer)).await {
+    match tokio::time::timeout(timeout, h.steps(peer, tls)).await {
         Ok(Ok(n)) => Some(Opened {
             reader: h.reader,
             buf: h.buf,
@@ -78,6 +84,8 @@ pub(super) async fn run(
             heartbeat: n.heartbeat,
             consumer_cancel_notify: n.consumer_cancel_notify,
             connection_blocked: n.connection_blocked,
+            mechanism: n.mechanism,
+            client_properties: n.client_properties,
         }),
         Ok(Err(Fail::Silent)) | Err(_) => None,
         Ok(Err(Fail::Close(code, text, c, m))) => {
@@ -170,7 +178,11 @@ impl Handshake<'_> {
         }
     }
 
-    async fn steps(&mut self, peer: SocketAddr) -> Result<Negotiated, Fail> {
+    async fn steps(
+        &mut self,
+        peer: SocketAddr,
+        tls: Option<&TlsSession>,
+    ) -> Result<Negotiated, Fail> {
         while self.buf.len() < 8 {
             self.read_more().await?;
             // A peer speaking something else (HTTP, AMQP 1.0) gets our header right away.
@@ -193,12 +205,22 @@ impl Handshake<'_> {
         }
         let _ = self.buf.split_to(8);
         let cfg = &self.shared.config;
+        // EXTERNAL is offered only to a TLS client that presented a verified certificate,
+        // as RabbitMQ's rabbitmq_auth_mechanism_ssl does.
+        let peer_cert = tls.and_then(|t| t.peer_cert.as_ref());
+        let offered: Vec<AuthMechanism> = cfg
+            .auth_mechanisms
+            .iter()
+            .copied()
+            .filter(|m| *m != AuthMechanism::External || peer_cert.is_some())
+            .collect();
+        let mechanisms: Vec<&str> = offered.iter().map(|m| m.name()).collect();
         self.send(&AMQPClass::Connection(connection::AMQPMethod::Start(
             connection::Start {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(self.shared),
-                mechanisms: LongString::from(b"PLAIN AMQPLAIN".to_vec()),
+                mechanisms: LongString::from(mechanisms.join(" ").into_bytes()),
                 locales: LongString::from(b"en_US".to_vec()),
             },
         )));
@@ -211,11 +233,11 @@ impl Handshake<'_> {
             capability(&start_ok.client_properties, "consumer_cancel_notify");
         let connection_blocked = capability(&start_ok.client_properties, "connection.blocked");
         let mechanism = start_ok.mechanism.as_str().to_string();
-        if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+        let Some(chosen) = offered.iter().copied().find(|m| m.name() == mechanism) else {
             // RabbitMQ drops the socket for a mechanism it did not offer.
             tracing::info!(%peer, %mechanism, "client asked for an unoffered mechanism");
             return Err(Fail::Silent);
-        }
+        };
         let refused = |detail: String| {
             tracing::info!(%peer, "{detail}");
             if failure_close {
@@ -231,22 +253,40 @@ impl Handshake<'_> {
                 Fail::Silent
             }
         };
-        let Some((user, pass)) =
-            crate::auth::parse_response(&mechanism, start_ok.response.as_bytes())
-        else {
-            return Err(refused(format!("malformed {mechanism} response")));
+        let user = if chosen == AuthMechanism::External {
+            // The certificate names the user; the response is ignored, and the user only
+            // has to exist (no password), as in RabbitMQ.
+            let Some(cert) = peer_cert else {
+                return Err(refused("EXTERNAL without a client certificate".into()));
+            };
+            let user = match cfg.ssl_cert_login_from {
+                CertLoginFrom::DistinguishedName => Some(cert.subject.clone()),
+                CertLoginFrom::CommonName => cert.common_name.clone(),
+            };
+            let Some(user) = user else {
+                return Err(refused("the client certificate has no common name".into()));
+            };
+            if !self.shared.with_meta(|m| m.users.contains_key(&user)) {
+                return Err(refused(format!("user '{user}' - invalid credentials")));
+            }
+            user
+        } else {
+            let Some((user, pass)) =
+                crate::auth::parse_response(&mechanism, start_ok.response.as_bytes())
+            else {
+                return Err(refused(format!("malformed {mechanism} response")));
+            };
+            let known = self.shared.with_meta(|m| {
+                m.users.get(&user).map(|u| {
+                    crate::auth::verify_password_with(u.hashing_algorithm, &u.password_hash, &pass)
+                })
+            });
+            if known != Some(true) {
+                return Err(refused(format!("user '{user}' - invalid credentials")));
+            }
+            user
         };
-        let known = self.shared.with_meta(|m| {
-            m.users
-                .get(&user)
-                .map(|u| crate::auth::verify_password(&u.password_hash, &pass))
-        });
-        match known {
-            None => return Err(refused(format!("user '{user}' - invalid credentials"))),
-            Some(false) => return Err(refused(format!("user '{user}' - invalid credentials"))),
-            Some(true) => {}
-        }
-        if cfg.loopback_users.contains(&user) && !peer.ip().is_loopback() {
+        if cfg.loopback_users.contains(&user) && !cfg.is_loopback(peer.ip()) {
             return Err(refused(format!(
                 "user '{user}' can only connect via localhost"
             )));
@@ -311,8 +351,25 @@ impl Handshake<'_> {
             heartbeat: tune_ok.heartbeat,
             consumer_cancel_notify,
             connection_blocked,
+            mechanism: chosen.name(),
+            client_properties: client_summary(&start_ok.client_properties),
         })
     }
+}
+
+/// The client properties `list_connections` shows, as JSON (strings only; capabilities
+/// left out).
+fn client_summary(props: &FieldTable) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (k, v) in props.inner() {
+        let text = match v {
+            AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            AMQPValue::ShortString(s) => s.as_str().to_string(),
+            _ => continue,
+        };
+        out.insert(k.as_str().to_string(), serde_json::Value::String(text));
+    }
+    serde_json::Value::Object(out)
 }
 
 fn unexpected(m: &AMQPClass, expected: &str) -> Fail {

@@ -8,6 +8,8 @@
 //! never stops this task from reading.
 
 mod handshake;
+pub mod registry;
+pub mod stream;
 pub mod writer;
 
 use crate::broker::BrokerShared;
@@ -18,12 +20,10 @@ use crate::meta::MetaCommand;
 use crate::vhost::Vhost;
 use bytes::BytesMut;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use stream::{Reader, Transport};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use warren_amqp::frame::{
@@ -56,6 +56,8 @@ pub struct ConnState {
     pub exclusive_queues: Vec<String>,
     /// The connection has published: a resource alarm blocks it.
     pub published: bool,
+    /// The user's compiled permissions in this vhost.
+    pub access: crate::access::AccessCache,
 }
 
 impl ConnState {
@@ -83,7 +85,7 @@ enum Slot {
 
 struct Connection {
     state: ConnState,
-    reader: OwnedReadHalf,
+    reader: Reader,
     buf: BytesMut,
     writer: mpsc::UnboundedSender<writer::Batch>,
     events_rx: mpsc::UnboundedReceiver<ConnEvent>,
@@ -106,6 +108,8 @@ struct Connection {
     /// connection.blocked was sent and not yet followed by unblocked.
     blocked_sent: bool,
     alarms: tokio::sync::watch::Receiver<crate::alarm::Alarms>,
+    /// This connection's entry in the node's registry.
+    entry: Arc<registry::ConnectionEntry>,
 }
 
 /// How a connection ended, for the log.
@@ -117,11 +121,17 @@ enum End {
 }
 
 /// Serves one client until it disconnects or the node stops.
-pub async fn serve(shared: Arc<BrokerShared>, socket: TcpStream, peer: SocketAddr) {
-    let (reader, write_half) = socket.into_split();
+pub async fn serve(shared: Arc<BrokerShared>, transport: Transport) {
+    let Transport {
+        reader,
+        writer: write_half,
+        peer,
+        local,
+        tls,
+    } = transport;
     let (wtx, wrx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer::run(write_half, wrx));
-    let outcome = handshake::run(&shared, reader, &wtx, peer).await;
+    let outcome = handshake::run(&shared, reader, &wtx, peer, tls.as_ref()).await;
     let Some(h) = outcome else {
         drop(wtx);
         let _ = writer_task.await;
@@ -130,6 +140,27 @@ pub async fn serve(shared: Arc<BrokerShared>, socket: TcpStream, peer: SocketAdd
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let id = shared.next_id();
     tracing::debug!(%peer, user = %h.user, vhost = %h.vhost.name, "connection opened");
+    let entry = Arc::new(registry::ConnectionEntry {
+        id,
+        name: format!("{peer} -> {local}"),
+        peer,
+        local,
+        user: h.user.clone(),
+        vhost: h.vhost.name.clone(),
+        auth_mechanism: h.mechanism,
+        tls,
+        client_properties: h.client_properties.clone(),
+        connected_at: std::time::SystemTime::now(),
+        frame_max: h.frame_max,
+        channel_max: h.channel_max,
+        heartbeat: h.heartbeat,
+        channels: Default::default(),
+        events: events_tx.clone(),
+    });
+    let _registration = shared.connections.register(entry.clone());
+    // A vhost or user deleted during the handshake: do not serve it.
+    let vhost_gone = shared.vhost(&h.vhost.name).is_none();
+    let user_gone = shared.with_meta(|m| !m.users.contains_key(&*h.user));
     let mut conn = Connection {
         state: ConnState {
             id,
@@ -143,6 +174,7 @@ pub async fn serve(shared: Arc<BrokerShared>, socket: TcpStream, peer: SocketAdd
             consumer_cancel_notify: h.consumer_cancel_notify,
             exclusive_queues: Vec::new(),
             published: false,
+            access: Default::default(),
         },
         reader: h.reader,
         buf: h.buf,
@@ -161,7 +193,15 @@ pub async fn serve(shared: Arc<BrokerShared>, socket: TcpStream, peer: SocketAdd
         blocked_capability: h.connection_blocked,
         blocked_sent: false,
         alarms: shared.alarms.clone(),
+        entry,
     };
+    if vhost_gone {
+        let reason = format!("vhost '{}' is deleted", conn.state.vhost.name);
+        conn.force_close(&reason);
+    } else if user_gone {
+        let reason = format!("user '{}' is deleted", conn.state.user);
+        conn.force_close(&reason);
+    }
     let end = conn.run().await;
     match &end {
         End::Error(e) => tracing::info!(%peer, error = %e, "connection closed"),
@@ -238,7 +278,9 @@ impl Connection {
                         Ok(_) if self.unframeable => self.buf.clear(),
                         Ok(_) => {
                             self.last_read = Instant::now();
-                            if let Some(end) = self.handle_input().await {
+                            let end = self.handle_input().await;
+                            self.entry.set_channels(self.channels.len());
+                            if let Some(end) = end {
                                 self.flush();
                                 return end;
                             }
@@ -605,8 +647,32 @@ impl Connection {
         }
     }
 
+    /// Closes the connection with 320 CONNECTION_FORCED, as RabbitMQ does when a vhost or
+    /// user is deleted or an operator closes it.
+    fn force_close(&mut self, reason: &str) {
+        self.close_connection(
+            ReplyCode::ConnectionForced,
+            &ReplyCode::ConnectionForced.text(reason),
+            0,
+            0,
+        );
+    }
+
     async fn handle_event(&mut self, ev: ConnEvent) {
         match ev {
+            ConnEvent::ForceClose { reason } => self.force_close(&reason),
+            ConnEvent::Inspect(reply) => {
+                let mut channels: Vec<_> = self
+                    .channels
+                    .values()
+                    .filter_map(|slot| match slot {
+                        Slot::Open(ch) => Some(ch.info()),
+                        Slot::Closing => None,
+                    })
+                    .collect();
+                channels.sort_by_key(|c| c.number);
+                let _ = reply.send(channels);
+            }
             ConnEvent::Deliver(d) => {
                 let key = d.channel;
                 match self.channels.get_mut(&key.channel) {

@@ -1,11 +1,11 @@
 //! The writer half of a connection: writes batches of encoded frames in order, coalescing
 //! whatever is queued into one write, and returns delivery credit once bytes are written.
 
+use super::stream::Writer;
 use crate::delivery::ChannelFlow;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 /// Encoded frames plus the delivery credit to return once they are written.
@@ -21,7 +21,7 @@ const MAX_COALESCE: usize = 256 * 1024;
 
 /// Runs until the sender is dropped (then flushes and shuts the socket down) or a write
 /// fails. Returns false on a write error.
-pub async fn run(mut socket: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Batch>) -> bool {
+pub async fn run(mut socket: Writer, mut rx: mpsc::UnboundedReceiver<Batch>) -> bool {
     let mut buf = BytesMut::new();
     let mut credits: Vec<(Arc<ChannelFlow>, u32)> = Vec::new();
     let mut ok = true;

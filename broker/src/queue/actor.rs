@@ -454,6 +454,14 @@ impl QueueActor {
                     self.consumers.len() as u32,
                 ));
             }
+            QueueCmd::Info(reply) => {
+                let _ = reply.send(super::QueueInfo {
+                    messages_ready: self.ready_count(),
+                    message_bytes_ready: self.ready_bytes(),
+                    messages_unacknowledged: self.unacked.len() as u64,
+                    consumers: self.consumers.len() as u32,
+                });
+            }
             QueueCmd::Wake => {}
         }
     }

@@ -80,7 +80,21 @@ pub(crate) enum QueueCmd {
     Purge(oneshot::Sender<u32>),
     CheckDelete(bool, bool, oneshot::Sender<Result<u32, ChannelError>>),
     Stats(oneshot::Sender<(u32, u32)>),
+    Info(oneshot::Sender<QueueInfo>),
     Wake,
+}
+
+/// Counters for the admin tools (`list_queues`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Messages ready for delivery.
+    pub messages_ready: u64,
+    /// Bytes of the ready messages' bodies.
+    pub message_bytes_ready: u64,
+    /// Messages delivered and not yet acked.
+    pub messages_unacknowledged: u64,
+    /// Consumers.
+    pub consumers: u32,
 }
 
 struct Inner {
@@ -249,6 +263,17 @@ impl QueueHandle {
                 true
             }
         });
+    }
+
+    /// The queue's counters.
+    pub async fn info(&self) -> Result<QueueInfo, ChannelError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(QueueCmd::Info(tx))
+            .await
+            .map_err(|_| gone(self))?;
+        rx.await.map_err(|_| gone(self))
     }
 
     /// Asks the queue to try delivering again (credit came back).

@@ -1,11 +1,15 @@
 //! Warren's integration tests: one binary, one module per area. Each test starts a real
 //! broker on an ephemeral port and drives it with real clients (lapin, amqprs) over TCP.
 
+mod access;
 mod alarms;
+mod auth;
 mod basic;
+mod config_file;
 mod confirms_tx;
 mod connection;
 mod dead_lettering;
+mod definitions;
 mod durability;
 mod exchanges;
 mod extensions;
@@ -14,3 +18,5 @@ mod policies;
 mod queues;
 mod raw_frames;
 mod smoke;
+mod tls;
+mod warrenctl;

@@ -1,0 +1,139 @@
+//! Every open client connection of the node, for `list_connections`, `list_channels`,
+//! `list_consumers` and `close_connection`, and so that deleting a vhost or a user closes
+//! the connections that use it. A connection registers once its handshake is done and is
+//! removed when its task ends (a drop guard, so no path forgets it).
+
+use crate::delivery::{ConnEvent, ConnSender};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::sync::oneshot;
+
+/// What `list_connections` shows about a connection.
+#[derive(Debug)]
+pub struct ConnectionEntry {
+    /// The node-local id.
+    pub id: u64,
+    /// RabbitMQ's connection name: `client:port -> server:port`.
+    pub name: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The server address it connected to.
+    pub local: SocketAddr,
+    /// The authenticated user.
+    pub user: Arc<str>,
+    /// The vhost.
+    pub vhost: Arc<str>,
+    /// The SASL mechanism used.
+    pub auth_mechanism: &'static str,
+    /// TLS details, for an AMQPS connection.
+    pub tls: Option<super::stream::TlsSession>,
+    /// Selected client properties (product, version, platform, connection_name...).
+    pub client_properties: serde_json::Value,
+    /// When the handshake completed.
+    pub connected_at: SystemTime,
+    /// Negotiated limits.
+    pub frame_max: u32,
+    /// Negotiated channel_max.
+    pub channel_max: u16,
+    /// Negotiated heartbeat, seconds.
+    pub heartbeat: u16,
+    /// Open channels.
+    pub channels: AtomicU32,
+    /// The connection task's event queue, for closing and inspecting it.
+    pub(crate) events: ConnSender,
+}
+
+impl ConnectionEntry {
+    /// Asks the connection to close with 320 CONNECTION_FORCED and this reason.
+    pub fn close(&self, reason: &str) {
+        let _ = self.events.send(ConnEvent::ForceClose {
+            reason: reason.to_string(),
+        });
+    }
+
+    /// The connection's channels and their consumers (None if it has gone).
+    pub async fn channels(&self) -> Option<Vec<crate::channel::ChannelInfo>> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(ConnEvent::Inspect(tx)).ok()?;
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct ConnectionRegistry {
+    /// Entries by id. A std mutex: held only to insert, remove or copy the list out.
+    entries: Mutex<HashMap<u64, Arc<ConnectionEntry>>>,
+}
+
+/// Removes its connection from the registry when dropped.
+pub struct Registration {
+    registry: Arc<ConnectionRegistry>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl ConnectionRegistry {
+    /// Adds a connection; it stays until the returned guard is dropped.
+    pub fn register(self: &Arc<Self>, entry: Arc<ConnectionEntry>) -> Registration {
+        let id = entry.id;
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, entry);
+        Registration {
+            registry: self.clone(),
+            id,
+        }
+    }
+
+    /// Every connection, oldest first.
+    pub fn list(&self) -> Vec<Arc<ConnectionEntry>> {
+        let mut all: Vec<_> = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by_key(|e| e.id);
+        all
+    }
+
+    /// How many connections are open.
+    pub fn count(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Closes every connection `pred` selects; returns how many.
+    pub fn close_where(&self, pred: impl Fn(&ConnectionEntry) -> bool, reason: &str) -> usize {
+        let selected: Vec<_> = self.list().into_iter().filter(|e| pred(e)).collect();
+        for e in &selected {
+            e.close(reason);
+        }
+        selected.len()
+    }
+}
+
+impl ConnectionEntry {
+    /// Records how many channels are open.
+    pub(crate) fn set_channels(&self, n: usize) {
+        self.channels
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,308 @@
+//! The distribution port: one authenticated, framed channel per peer, for warrenctl today
+//! and for other nodes of a cluster later (Raft RPCs, forwarded queue operations).
+//!
+//! `protocol` is the wire format, `auth` the cookie and the mutual HMAC challenge-response
+//! (the cookie never crosses the wire), `ctl` the admin commands. [`run`] serves the port;
+//! [`Client`] is the other end, used by warrenctl. A TLS layer (mutual TLS between nodes)
+//! would wrap the socket before the handshake, here and in `Client::connect`.
+
+pub mod auth;
+pub mod ctl;
+pub mod protocol;
+
+use crate::broker::BrokerShared;
+use auth::Cookie;
+use protocol::{
+    b64, read_frame, unb64, write_frame, FrameError, Handshake, Op, RemoteError, Request, Response,
+    Role, PROTOCOL_VERSION,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a peer has to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the distribution port until the node shuts down.
+pub async fn run(shared: Arc<BrokerShared>, listener: TcpListener, cookie: Cookie) {
+    let cookie = Arc::new(cookie);
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                let (shared, cookie) = (shared.clone(), cookie.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve(shared, socket, peer, &cookie).await {
+                        tracing::debug!(%peer, error = %e, "distribution connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to accept a distribution connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve(
+    shared: Arc<BrokerShared>,
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    cookie: &Cookie,
+) -> Result<(), FrameError> {
+    let node = shared.config.node_name();
+    let server_nonce = auth::nonce();
+    write_frame(
+        &mut socket,
+        &Handshake::Challenge {
+            protocol: PROTOCOL_VERSION,
+            node: node.clone(),
+            nonce: b64(&server_nonce),
+        },
+    )
+    .await?;
+    let answer: Handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut socket))
+        .await
+        .map_err(|_| FrameError::Malformed("handshake timed out".into()))??;
+    let Handshake::Response {
+        protocol,
+        role,
+        name,
+        nonce,
+        proof,
+    } = answer
+    else {
+        return Err(FrameError::Malformed(
+            "expected the handshake response".into(),
+        ));
+    };
+    let refuse = |reason: String| Handshake::Refused { reason };
+    if protocol != PROTOCOL_VERSION {
+        let reason = format!(
+            "protocol version {protocol} is not supported (this node speaks {PROTOCOL_VERSION})"
+        );
+        write_frame(&mut socket, &refuse(reason)).await?;
+        return Ok(());
+    }
+    let (Some(client_nonce), Some(proof)) = (unb64(&nonce), unb64(&proof)) else {
+        write_frame(&mut socket, &refuse("malformed handshake".into())).await?;
+        return Ok(());
+    };
+    if !auth::verify_client_proof(
+        cookie,
+        &server_nonce,
+        &client_nonce,
+        role.name(),
+        &name,
+        &proof,
+    ) {
+        tracing::warn!(%peer, %name, "distribution connection refused: the cookie does not match");
+        let reason = format!("authentication failed: the cookie does not match node {node}'s");
+        write_frame(&mut socket, &refuse(reason)).await?;
+        return Ok(());
+    }
+    let proof = auth::server_proof(cookie, &server_nonce, &client_nonce, &node);
+    write_frame(&mut socket, &Handshake::Accepted { proof: b64(&proof) }).await?;
+    tracing::debug!(%peer, %name, role = role.name(), "distribution peer authenticated");
+    loop {
+        let request: Request = tokio::select! {
+            r = read_frame(&mut socket) => match r {
+                Ok(r) => r,
+                Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            },
+            _ = shared.stopped.cancelled() => return Ok(()),
+        };
+        let stop = matches!(request.op, Op::Ctl(ctl::CtlOp::Stop));
+        let result = match (role, request.op) {
+            (Role::Ctl | Role::Node, Op::Ctl(op)) => ctl::handle(&shared, op).await,
+        };
+        let failed = result.is_err();
+        write_frame(
+            &mut socket,
+            &Response {
+                id: request.id,
+                result,
+            },
+        )
+        .await?;
+        if stop && !failed {
+            // The same path as SIGTERM; the client sees this socket close once the node
+            // has stopped (or the process has exited).
+            tracing::info!(%peer, "stop requested over the distribution port");
+            shared.shutdown.cancel();
+            shared.stopped.cancelled().await;
+            return Ok(());
+        }
+    }
+}
+
+/// Errors of a distribution client.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The node could not be reached.
+    Connect(String),
+    /// The node refused the handshake (wrong cookie, protocol mismatch).
+    Refused(String),
+    /// The node's proof did not verify: it does not hold our cookie.
+    BadServerProof,
+    /// The connection broke or the peer spoke something else.
+    Protocol(String),
+    /// The node refused or failed the request.
+    Remote(RemoteError),
+    /// No answer in time.
+    Timeout,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Connect(e) => write!(f, "{e}"),
+            ClientError::Refused(r) => write!(f, "the node refused the connection: {r}"),
+            ClientError::BadServerProof => write!(
+                f,
+                "the node could not prove it holds the same cookie; refusing to talk to it"
+            ),
+            ClientError::Protocol(e) => write!(f, "distribution protocol error: {e}"),
+            ClientError::Remote(e) => write!(f, "{}", e.message),
+            ClientError::Timeout => write!(f, "the node did not answer in time"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+}
+
+/// An authenticated connection to a node's distribution port.
+pub struct Client {
+    socket: TcpStream,
+    next_id: u64,
+    node: String,
+}
+
+impl Client {
+    /// Connects and authenticates (mutually: the node proves it holds the cookie too).
+    pub async fn connect(
+        addr: SocketAddr,
+        cookie: &Cookie,
+        role: Role,
+        name: &str,
+    ) -> Result<Client, ClientError> {
+        let mut socket = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|e| ClientError::Connect(format!("could not connect to {addr}: {e}")))?;
+        let _ = socket.set_nodelay(true);
+        let handshake = async {
+            let challenge: Handshake = read_frame(&mut socket).await?;
+            let Handshake::Challenge {
+                protocol: _,
+                node,
+                nonce,
+            } = challenge
+            else {
+                return Err(ClientError::Protocol(
+                    "expected the node's challenge".into(),
+                ));
+            };
+            let server_nonce =
+                unb64(&nonce).ok_or_else(|| ClientError::Protocol("malformed challenge".into()))?;
+            let client_nonce = auth::nonce();
+            let proof = auth::client_proof(cookie, &server_nonce, &client_nonce, role.name(), name);
+            write_frame(
+                &mut socket,
+                &Handshake::Response {
+                    protocol: PROTOCOL_VERSION,
+                    role,
+                    name: name.to_string(),
+                    nonce: b64(&client_nonce),
+                    proof: b64(&proof),
+                },
+            )
+            .await?;
+            match read_frame::<_, Handshake>(&mut socket).await? {
+                Handshake::Accepted { proof } => {
+                    let ok = unb64(&proof).is_some_and(|p| {
+                        auth::verify_server_proof(cookie, &server_nonce, &client_nonce, &node, &p)
+                    });
+                    if !ok {
+                        return Err(ClientError::BadServerProof);
+                    }
+                    Ok(node)
+                }
+                Handshake::Refused { reason } => Err(ClientError::Refused(reason)),
+                _ => Err(ClientError::Protocol("unexpected handshake message".into())),
+            }
+        };
+        let node = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        Ok(Client {
+            socket,
+            next_id: 1,
+            node,
+        })
+    }
+
+    /// The name of the node this client is connected to.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Sends a request and waits for its answer, up to `timeout`.
+    pub async fn call(
+        &mut self,
+        op: ctl::CtlOp,
+        timeout: Duration,
+    ) -> Result<ctl::Reply, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let exchange = async {
+            write_frame(
+                &mut self.socket,
+                &Request {
+                    id,
+                    op: Op::Ctl(op),
+                },
+            )
+            .await?;
+            loop {
+                let r: Response = read_frame(&mut self.socket).await?;
+                if r.id == id {
+                    return r.result.map_err(ClientError::Remote);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Waits until the node closes the connection (after `stop`), up to `timeout`.
+    pub async fn wait_closed(&mut self, timeout: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(timeout, async {
+            loop {
+                match self.socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
