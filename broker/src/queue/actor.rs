@@ -55,6 +55,10 @@ const REFILL_BELOW: usize = 2048;
 const REFILL_MESSAGES: usize = 4096;
 const REFILL_BYTES: usize = 8 * 1024 * 1024;
 
+/// Most messages expired in one pass: the actor then serves its inboxes and lets other
+/// tasks run before it goes on, so a mass expiry never stalls the queue or its worker thread.
+const EXPIRE_BUDGET: usize = 1024;
+
 /// What a dead entry's message is replaced with, so its memory goes at once.
 static GONE: LazyLock<Arc<Message>> = LazyLock::new(|| {
     Arc::new(Message {
@@ -173,6 +177,8 @@ struct QueueActor {
     aux_tx: mpsc::UnboundedSender<Aux>,
     /// Some message has an expiry: the clock is read when messages move.
     ttl_in_use: bool,
+    /// The last expiry pass ran out of budget: more messages are due.
+    expire_more: bool,
     /// The latest expiry among front-ordered messages (see the module comment).
     last_ordered_expiry: u64,
     /// Expiry index: (expires_at, id) -> (lane, body size).
@@ -246,6 +252,7 @@ pub(crate) fn spawn(
         pending_gets: VecDeque::new(),
         aux_tx,
         ttl_in_use: false,
+        expire_more: false,
         last_ordered_expiry: 0,
         index: BTreeMap::new(),
         tail_removed: BTreeSet::new(),
@@ -313,6 +320,9 @@ impl QueueActor {
             }
             if self.ttl_in_use {
                 self.expire(now_ms());
+                if self.expire_more {
+                    tokio::task::yield_now().await;
+                }
             }
             self.check_consumer_timeouts();
             // An expired queue deletes itself; its actor stops when the deletion reaches it.
@@ -353,6 +363,9 @@ impl QueueActor {
         let mut earliest = |t: Instant| {
             at = Some(at.map_or(t, |a| a.min(t)));
         };
+        if self.expire_more {
+            return Some(Instant::now());
+        }
         if self.ttl_in_use {
             let mut next: Option<u64> = self.index.keys().next().map(|(e, _)| *e);
             for lane in &self.lanes {
@@ -700,7 +713,14 @@ impl QueueActor {
     /// from the front of the queue, the others through the expiry index, wherever they are.
     fn expire(&mut self, now: u64) {
         let mut from_disk: Vec<u64> = Vec::new();
+        let mut budget = EXPIRE_BUDGET;
+        self.expire_more = false;
         loop {
+            if budget == 0 {
+                self.expire_more = true;
+                break;
+            }
+            budget -= 1;
             for lane in 0..self.lanes.len() {
                 while self.lanes[lane].front().is_some_and(|e| e.dead) {
                     self.lanes[lane].pop_front();
