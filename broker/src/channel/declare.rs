@@ -244,6 +244,25 @@ impl Channel {
         d: queue::Declare,
     ) -> Result<(), ChannelError> {
         let vhost = conn.vhost.name.to_string();
+        if d.queue.as_str().starts_with(crate::direct_reply::PREFIX) {
+            // A direct reply-to name: declaring it (passive or not) only tells whether its
+            // consumer is still there; it never creates anything.
+            let name = d.queue.as_str();
+            if !conn.shared.replies.exists(name) {
+                return Err(ChannelError::no_queue(&vhost, name));
+            }
+            if !d.nowait {
+                conn.send_method(
+                    self.id,
+                    &AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: warren_amqp::method::short(name),
+                        message_count: 0,
+                        consumer_count: 1,
+                    })),
+                );
+            }
+            return Ok(());
+        }
         let name = if d.queue.as_str().is_empty() && !d.passive {
             format!("amq.gen-{}", super::random_suffix())
         } else {

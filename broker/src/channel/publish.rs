@@ -142,8 +142,6 @@ impl Channel {
         }
         (conn.check_topic(Perm::Write, x.kind, &p.exchange, &p.routing_key))
             .map_err(|e| e.on(60, 40))?;
-        let mut p = p;
-        self.check_extensions(&mut p)?;
         if let Some(props) = &p.properties {
             if props.has_user_id() {
                 if let Some(uid) = props.parse().user_id() {
@@ -158,6 +156,9 @@ impl Channel {
                 }
             }
         }
+        // After user_id, as RabbitMQ checks them.
+        let mut p = p;
+        self.check_extensions(&mut p)?;
         if let Some(tx) = self.tx.as_mut() {
             tx.publishes.push(p);
             return Ok(());

@@ -25,7 +25,9 @@
 //! just deleted). An expired message is never delivered.
 
 use super::dead_letter::{DeadLetterer, Reason};
-use super::{ConsumerSpec, GetOk, Inner, Publish, QueueCmd, QueueHandle, Settle, INBOX_CAPACITY};
+use super::{
+    Aux, ConsumerSpec, GetOk, Inner, Publish, QueueCmd, QueueHandle, Settle, INBOX_CAPACITY,
+};
 use crate::delivery::{ChannelKey, ChannelRef, ConnEvent, Delivery};
 use crate::error::ChannelError;
 use crate::message::Message;
@@ -52,6 +54,10 @@ const REFILL_BELOW: usize = 2048;
 /// Most messages and bytes read from disk in one refill.
 const REFILL_MESSAGES: usize = 4096;
 const REFILL_BYTES: usize = 8 * 1024 * 1024;
+
+/// Most messages expired in one pass: the actor then serves its inboxes and lets other
+/// tasks run before it goes on, so a mass expiry never stalls the queue or its worker thread.
+const EXPIRE_BUDGET: usize = 1024;
 
 /// What a dead entry's message is replaced with, so its memory goes at once.
 static GONE: LazyLock<Arc<Message>> = LazyLock::new(|| {
@@ -167,16 +173,18 @@ struct QueueActor {
     last_used: Instant,
     /// basic.get requests waiting for a refill.
     pending_gets: VecDeque<(ChannelKey, bool, oneshot::Sender<Option<GetOk>>)>,
-    loaded_tx: mpsc::UnboundedSender<Vec<StoredMessage>>,
+    /// The actor's own auxiliary inbox, for store replies.
+    aux_tx: mpsc::UnboundedSender<Aux>,
     /// Some message has an expiry: the clock is read when messages move.
     ttl_in_use: bool,
+    /// The last expiry pass ran out of budget: more messages are due.
+    expire_more: bool,
     /// The latest expiry among front-ordered messages (see the module comment).
     last_ordered_expiry: u64,
     /// Expiry index: (expires_at, id) -> (lane, body size).
     index: BTreeMap<(u64, u64), (u8, u32)>,
     /// Tail messages expired before they were loaded (skipped when a refill returns them).
     tail_removed: BTreeSet<u64>,
-    expired_tx: mpsc::UnboundedSender<(Vec<u64>, Vec<StoredMessage>)>,
     dead_letterer: DeadLetterer,
     /// Dead letters waiting for an earlier one that is being read from disk, so that they
     /// leave in the order the messages died.
@@ -194,11 +202,9 @@ pub(crate) fn spawn(
     delete: AutoDelete,
 ) -> QueueHandle {
     let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-    let (dl_tx, dl_rx) = mpsc::unbounded_channel();
-    let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
-    let (expired_tx, expired_rx) = mpsc::unbounded_channel();
+    let (aux_tx, aux_rx) = mpsc::unbounded_channel();
     let settings = Arc::new(settings);
-    let (settings_tx, settings_rx) = watch::channel(settings.clone());
+    let (settings_tx, _) = watch::channel(settings.clone());
     let stop = CancellationToken::new();
     let handle = QueueHandle {
         inner: Arc::new(Inner {
@@ -206,7 +212,7 @@ pub(crate) fn spawn(
             vhost: vhost.name.clone(),
             exclusive_owner: def.exclusive_owner,
             tx,
-            dead_letters: dl_tx,
+            aux: aux_tx.clone(),
             settings: settings_tx,
             stop: stop.clone(),
         }),
@@ -244,12 +250,12 @@ pub(crate) fn spawn(
         had_consumer: false,
         last_used: Instant::now(),
         pending_gets: VecDeque::new(),
-        loaded_tx,
+        aux_tx,
         ttl_in_use: false,
+        expire_more: false,
         last_ordered_expiry: 0,
         index: BTreeMap::new(),
         tail_removed: BTreeSet::new(),
-        expired_tx,
         dead_letterer: DeadLetterer {
             vhost: Arc::downgrade(vhost),
             queue: handle.clone(),
@@ -257,7 +263,7 @@ pub(crate) fn spawn(
         dl_queue: VecDeque::new(),
         last_timeout_check: Instant::now(),
     };
-    tokio::spawn(actor.run(rx, dl_rx, loaded_rx, expired_rx, settings_rx, stop));
+    tokio::spawn(actor.run(rx, aux_rx, stop));
     handle
 }
 
@@ -265,41 +271,31 @@ impl QueueActor {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<QueueCmd>,
-        mut dl_rx: mpsc::UnboundedReceiver<Publish>,
-        mut loaded_rx: mpsc::UnboundedReceiver<Vec<StoredMessage>>,
-        mut expired_rx: mpsc::UnboundedReceiver<(Vec<u64>, Vec<StoredMessage>)>,
-        mut settings_rx: watch::Receiver<Arc<QueueSettings>>,
+        mut aux_rx: mpsc::UnboundedReceiver<Aux>,
         stop: CancellationToken,
     ) {
         self.refill();
-        let far = Duration::from_secs(86_400 * 365);
+        // One timer for the actor's life, moved only when its deadline changes, so that the
+        // hot path never touches the timer wheel.
+        let mut timer = Box::pin(tokio::time::sleep_until(Instant::now()));
+        let mut timer_at: Option<Instant> = None;
         loop {
             let deadline = self.next_deadline();
+            if deadline != timer_at {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+                timer_at = deadline;
+            }
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                changed = settings_rx.changed() => {
-                    if changed.is_ok() {
-                        let s = settings_rx.borrow_and_update().clone();
-                        self.settings_changed(s);
-                    }
-                }
-                loaded = loaded_rx.recv() => {
-                    if let Some(loaded) = loaded {
-                        self.loaded(loaded);
-                    }
-                }
-                expired = expired_rx.recv() => {
-                    if let Some((ids, msgs)) = expired {
-                        self.expired_from_disk(ids, msgs);
-                    }
-                }
-                dead = dl_rx.recv() => {
-                    if let Some(p) = dead {
-                        self.publish(p);
+                aux = aux_rx.recv() => {
+                    if let Some(aux) = aux {
+                        self.aux(aux);
                         for _ in 0..256 {
-                            match dl_rx.try_recv() {
-                                Ok(p) => self.publish(p),
+                            match aux_rx.try_recv() {
+                                Ok(aux) => self.aux(aux),
                                 Err(_) => break,
                             }
                         }
@@ -317,11 +313,16 @@ impl QueueActor {
                     }
                     None => break,
                 },
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + far)),
-                    if deadline.is_some() => {}
+                _ = &mut timer, if timer_at.is_some() => {
+                    // Fired: the next deadline is set afresh.
+                    timer_at = None;
+                }
             }
             if self.ttl_in_use {
                 self.expire(now_ms());
+                if self.expire_more {
+                    tokio::task::yield_now().await;
+                }
             }
             self.check_consumer_timeouts();
             // An expired queue deletes itself; its actor stops when the deletion reaches it.
@@ -362,6 +363,9 @@ impl QueueActor {
         let mut earliest = |t: Instant| {
             at = Some(at.map_or(t, |a| a.min(t)));
         };
+        if self.expire_more {
+            return Some(Instant::now());
+        }
         if self.ttl_in_use {
             let mut next: Option<u64> = self.index.keys().next().map(|(e, _)| *e);
             for lane in &self.lanes {
@@ -387,6 +391,18 @@ impl QueueActor {
 
     fn timeout_check_interval(&self) -> Duration {
         Duration::from_millis((self.settings.consumer_timeout / 4).clamp(20, 15_000))
+    }
+
+    fn aux(&mut self, aux: Aux) {
+        match aux {
+            Aux::DeadLetter(p) => self.publish(p),
+            Aux::Loaded(msgs) => self.loaded(msgs),
+            Aux::ExpiredRead(ids, msgs) => self.expired_from_disk(ids, msgs),
+            Aux::Settings => {
+                let settings = self.handle.settings();
+                self.settings_changed(settings);
+            }
+        }
     }
 
     fn settings_changed(&mut self, settings: Arc<QueueSettings>) {
@@ -705,7 +721,14 @@ impl QueueActor {
     /// from the front of the queue, the others through the expiry index, wherever they are.
     fn expire(&mut self, now: u64) {
         let mut from_disk: Vec<u64> = Vec::new();
+        let mut budget = EXPIRE_BUDGET;
+        self.expire_more = false;
         loop {
+            if budget == 0 {
+                self.expire_more = true;
+                break;
+            }
+            budget -= 1;
             for lane in 0..self.lanes.len() {
                 while self.lanes[lane].front().is_some_and(|e| e.dead) {
                     self.lanes[lane].pop_front();
@@ -745,13 +768,13 @@ impl QueueActor {
             // One read for every tail message that expired in this pass; each holds its
             // place among the dead letters until the read returns.
             if let Some(disk) = &self.disk {
-                let tx = self.expired_tx.clone();
+                let tx = self.aux_tx.clone();
                 let ids = from_disk.clone();
                 disk.store.read_ids(
                     disk.qid,
                     from_disk,
                     Box::new(move |msgs| {
-                        let _ = tx.send((ids, msgs));
+                        let _ = tx.send(Aux::ExpiredRead(ids, msgs));
                     }),
                 );
             }
@@ -981,14 +1004,14 @@ impl QueueActor {
             return;
         };
         self.tail.loading = true;
-        let tx = self.loaded_tx.clone();
+        let tx = self.aux_tx.clone();
         disk.store.read(
             disk.qid,
             self.tail.next,
             REFILL_MESSAGES,
             REFILL_BYTES,
             Box::new(move |msgs| {
-                let _ = tx.send(msgs);
+                let _ = tx.send(Aux::Loaded(msgs));
             }),
         );
     }

@@ -70,6 +70,18 @@ pub struct GetOk {
     pub remaining: u32,
 }
 
+/// What reaches a queue actor besides its commands.
+pub(crate) enum Aux {
+    /// A dead-lettered message from another queue (or itself).
+    DeadLetter(Publish),
+    /// A chunk of the on-disk tail, read for a refill.
+    Loaded(Vec<crate::store::StoredMessage>),
+    /// Tail messages that expired on disk (the ids asked for, the records found).
+    ExpiredRead(Vec<u64>, Vec<crate::store::StoredMessage>),
+    /// The effective settings changed (read them from the watch).
+    Settings,
+}
+
 pub(crate) enum QueueCmd {
     Publish(Publish),
     Consume(ConsumerSpec, oneshot::Sender<Result<(), ChannelError>>),
@@ -102,9 +114,10 @@ struct Inner {
     vhost: Arc<str>,
     exclusive_owner: Option<u64>,
     tx: mpsc::Sender<QueueCmd>,
-    /// Dead letters from other queues: unbounded so that no queue ever waits on another
-    /// (see `dead_letter`).
-    dead_letters: mpsc::UnboundedSender<Publish>,
+    /// Everything but commands: dead letters from other queues (unbounded so that no queue
+    /// ever waits on another, see `dead_letter`), store replies, settings changes. One
+    /// channel, so that the actor polls one more receiver per wake-up, not four.
+    aux: mpsc::UnboundedSender<Aux>,
     /// The queue's effective settings (arguments merged with policies); replaced when a
     /// policy changes, the actor picks the new value up at once.
     settings: watch::Sender<Arc<QueueSettings>>,
@@ -245,7 +258,7 @@ impl QueueHandle {
 
     /// Hands a dead-lettered message to the queue without waiting.
     pub fn dead_letter(&self, publish: Publish) {
-        let _ = self.inner.dead_letters.send(publish);
+        let _ = self.inner.aux.send(Aux::DeadLetter(publish));
     }
 
     /// The queue's effective settings.
@@ -255,7 +268,7 @@ impl QueueHandle {
 
     /// Gives the queue new effective settings (a policy changed); a no-op when equal.
     pub fn set_settings(&self, settings: QueueSettings) {
-        self.inner.settings.send_if_modified(|cur| {
+        let changed = self.inner.settings.send_if_modified(|cur| {
             if **cur == settings {
                 false
             } else {
@@ -263,6 +276,9 @@ impl QueueHandle {
                 true
             }
         });
+        if changed {
+            let _ = self.inner.aux.send(Aux::Settings);
+        }
     }
 
     /// The queue's counters.

@@ -409,6 +409,22 @@ async fn direct_reply_to_routes_replies_to_the_requesting_channel() {
         .as_str()
         .to_string();
     assert!(reply_to.starts_with("amq.rabbitmq.reply-to."), "{reply_to}");
+    // The server can check that the requester is still there by declaring the name.
+    let q = within(
+        10,
+        "declare the reply name",
+        server.queue_declare(
+            reply_to.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("the reply name exists while its consumer does");
+    assert_eq!((q.message_count(), q.consumer_count()), (0, 1));
     assert!(publish_props(&server, "", &reply_to, "pong", BasicProperties::default()).await);
     let reply = next(&mut replies).await;
     assert_eq!(body(&reply), "pong");
