@@ -871,3 +871,78 @@ async fn deleting_a_vhost_closes_its_connections_and_deletes_its_contents() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhost_limits_refuse_connections_and_queues_over_the_limit() {
+    let broker = TestBroker::start().await;
+    let t = Tenant::new(&broker, [".*", ".*", ".*"]).await;
+    broker
+        .admin_ok(&[
+            "set_vhost_limits",
+            "-p",
+            &t.vhost,
+            r#"{"max-connections": 1, "max-queues": 1}"#,
+        ])
+        .await;
+    let conn = t.connect(&broker).await;
+    let q1 = unique("c-limited");
+    let declare = |name: String| {
+        move |ch: Channel| async move {
+            ch.queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        }
+    };
+    assert_eq!(attempt(&conn, declare(q1.clone())).await, Ok(()));
+    // Redeclaring an existing queue is not a new queue.
+    assert_eq!(attempt(&conn, declare(q1.clone())).await, Ok(()));
+    let q2 = unique("c-over");
+    assert_eq!(
+        attempt(&conn, declare(q2.clone())).await,
+        Err((
+            406,
+            format!(
+                "PRECONDITION_FAILED - cannot declare queue '{q2}': queue limit in vhost '{}' (1) is reached",
+                t.vhost
+            )
+        ))
+    );
+    let second = Connection::connect(
+        &broker.uri_for(&t.user, &t.pass, &t.vhost),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect_err("over the connection limit");
+    match second.kind() {
+        lapin::ErrorKind::ProtocolError(p) => {
+            assert_eq!(p.get_id(), 530);
+            assert_eq!(
+                p.get_message().to_string(),
+                format!(
+                    "NOT_ALLOWED - access to vhost '{}' refused for user '{}': connection limit (1) is reached",
+                    t.vhost, t.user
+                )
+            );
+        }
+        other => panic!("expected connection.close 530, got {other:?}"),
+    }
+    // A negative limit is no limit.
+    broker
+        .admin_ok(&[
+            "set_vhost_limits",
+            "-p",
+            &t.vhost,
+            r#"{"max-connections": -1, "max-queues": -1}"#,
+        ])
+        .await;
+    let again = t.connect(&broker).await;
+    assert_eq!(attempt(&again, declare(q2)).await, Ok(()));
+    let _ = again.close(200, "bye".into()).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
