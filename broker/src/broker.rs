@@ -54,6 +54,8 @@ pub struct BrokerShared {
     pub stopped: CancellationToken,
     /// Direct reply-to consumers.
     pub replies: crate::direct_reply::ReplyRegistry,
+    /// The node's shovels, set once the AMQP listener is bound (see `shovel::start`).
+    pub shovels: std::sync::OnceLock<warren_shovel::Shovels>,
     next_id: AtomicU64,
     me: Weak<BrokerShared>,
 }
@@ -160,6 +162,7 @@ impl BrokerShared {
             started_at: std::time::Instant::now(),
             stopped: CancellationToken::new(),
             replies: Default::default(),
+            shovels: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
             me: me.clone(),
         });
@@ -267,6 +270,7 @@ impl BrokerShared {
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&name);
                     self.access.invalidate();
+                    crate::shovel::vhost_removed(self, &name);
                     let reason = format!("vhost '{name}' is deleted");
                     self.connections.close_where(|c| *c.vhost == *name, &reason);
                 }
@@ -275,8 +279,15 @@ impl BrokerShared {
                     let reason = format!("user '{name}' is deleted");
                     self.connections.close_where(|c| *c.user == *name, &reason);
                 }
-                // Parameters are stored; what they configure (shovels, federation) reads
-                // them where it is implemented.
+                Change::ParameterChanged {
+                    vhost,
+                    component,
+                    name,
+                } if component == crate::shovel::COMPONENT => {
+                    crate::shovel::parameter_changed(self, meta, &vhost, &name);
+                }
+                // Other parameters are stored; what they configure reads them where it is
+                // implemented.
                 Change::ParameterChanged { .. } => {}
                 Change::ExchangeChanged { vhost, name } => {
                     let (Some(vh), Some(vm)) = (self.vhost(&vhost), meta.vhosts.get(&vhost)) else {

@@ -75,6 +75,9 @@ pub struct Config {
     pub consumer_timeout_ms: u64,
     /// A definitions file (RabbitMQ's JSON format) imported at every start.
     pub load_definitions: Option<PathBuf>,
+    /// Static shovels (`[[shovel]]` tables: `name`, `vhost` and RabbitMQ's shovel keys),
+    /// checked when the file is read.
+    pub shovels: Vec<serde_json::Value>,
     /// The AMQPS listener, when configured.
     pub tls: Option<TlsConfig>,
     /// Log filter (tracing `EnvFilter` syntax); `WARREN_LOG` overrides it.
@@ -187,6 +190,7 @@ impl Default for Config {
             confirm_sync: true,
             consumer_timeout_ms: crate::policy::DEFAULT_CONSUMER_TIMEOUT_MS,
             load_definitions: None,
+            shovels: Vec::new(),
             tls: None,
             log_level: "info".into(),
         }
@@ -309,6 +313,7 @@ struct FileConfig {
     load_definitions: Option<PathBuf>,
     log_level: Option<String>,
     tls: Option<FileTls>,
+    shovel: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -461,6 +466,19 @@ impl Config {
         }
         if let Some(v) = file.load_definitions {
             self.load_definitions = Some(resolve(v));
+        }
+        if let Some(shovels) = file.shovel {
+            let mut names = std::collections::HashSet::new();
+            for t in &shovels {
+                let def = warren_shovel::parse_table(t).map_err(|e| err("shovel", &e.0))?;
+                if !names.insert((def.vhost.clone(), def.name.clone())) {
+                    return Err(err(
+                        "shovel",
+                        &format!("shovel '{}' is defined twice", def.name),
+                    ));
+                }
+            }
+            self.shovels = shovels;
         }
         if let Some(v) = file.log_level {
             tracing_subscriber::EnvFilter::try_new(&v)

@@ -27,6 +27,7 @@ pub mod meta;
 pub mod policy;
 pub mod queue;
 pub mod server;
+pub mod shovel;
 pub mod store;
 pub mod tls;
 pub mod vhost;
@@ -132,6 +133,7 @@ impl Broker {
             }
             l.push(("clustering".into(), dist_addr));
         }
+        shovel::start(&shared, local_addr);
         Ok(RunningBroker {
             local_addr,
             tls_addr,
@@ -166,6 +168,9 @@ impl RunningBroker {
     /// Stops accepting, closes every connection (320 CONNECTION_FORCED) and waits, up to a
     /// few seconds, for every connection task to end.
     pub async fn shutdown(self) {
+        if let Some(s) = self.shared.shovels.get() {
+            s.shutdown().await;
+        }
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         for l in self.listeners {
@@ -184,6 +189,9 @@ impl RunningBroker {
 
     /// Starts the shutdown without waiting for it (for `Drop`).
     pub fn shutdown_in_background(self) {
+        if let Some(s) = self.shared.shovels.get() {
+            s.stop_all();
+        }
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         self.shared.stopped.cancel();

@@ -643,6 +643,12 @@ impl Metadata {
                 Ok(vec![])
             }
             MetaCommand::SetParameter(def) => {
+                crate::policy::validate_parameter(
+                    &def.component,
+                    &def.vhost,
+                    &def.name,
+                    &def.value,
+                )?;
                 let vh = self.vhost_mut(&def.vhost)?;
                 let (vhost, component, name) =
                     (def.vhost.clone(), def.component.clone(), def.name.clone());

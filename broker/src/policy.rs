@@ -89,6 +89,22 @@ fn validation_failed(detail: impl std::fmt::Display) -> ChannelError {
     )
 }
 
+/// Validates a vhost runtime parameter's value for the components Warren reads (a
+/// `shovel` is checked completely, so a bad one is refused when set, naming the key).
+pub fn validate_parameter(
+    component: &str,
+    vhost: &str,
+    name: &str,
+    value: &serde_json::Value,
+) -> Result<(), ChannelError> {
+    match component {
+        "shovel" => warren_shovel::ShovelDef::parse(name, vhost, value)
+            .map(|_| ())
+            .map_err(validation_failed),
+        _ => Ok(()),
+    }
+}
+
 /// A JSON value printed the way Erlang's `~p` prints the term RabbitMQ decodes it to.
 fn erlang_term(v: &serde_json::Value) -> String {
     match v {

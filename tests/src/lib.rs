@@ -239,4 +239,5 @@ pub mod certs;
 pub mod perf;
 pub mod pika;
 pub mod process;
+pub mod proxy;
 pub mod raw;

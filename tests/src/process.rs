@@ -27,6 +27,12 @@ pub fn warrenctl_binary() -> PathBuf {
     BIN.get_or_init(|| build_binary("warrenctl")).clone()
 }
 
+/// The standalone `warren-shovel` binary of this build, built first if needed.
+pub fn shovel_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_binary("warren-shovel")).clone()
+}
+
 /// Builds one of warren-broker's binaries (a no-op when it is up to date) and returns its
 /// path.
 fn build_binary(name: &str) -> PathBuf {
@@ -58,11 +64,15 @@ fn build_binary(name: &str) -> PathBuf {
             "-p",
             "warren-broker",
             "-p",
+            "warren-shovel",
+            "-p",
             "warren-tests",
             "--bin",
             "warren-server",
             "--bin",
             "warrenctl",
+            "--bin",
+            "warren-shovel",
             "--tests",
         ])
         .arg("--target-dir")

@@ -194,6 +194,12 @@ enum Command {
     },
     /// Removes a runtime parameter (-p).
     ClearParameter { component: String, name: String },
+    /// Lists every shovel with its state and counters.
+    ShovelStatus,
+    /// Deletes a shovel (-p): clears a dynamic shovel's parameter, stops a static one.
+    DeleteShovel { name: String },
+    /// Restarts a shovel's link (-p).
+    RestartShovel { name: String },
     /// Lists a vhost's runtime parameters (-p).
     ListParameters,
     /// Sets a global runtime parameter.
@@ -554,6 +560,13 @@ fn banner(cmd: &Command, vhost: &str, node: &str) -> Option<String> {
         Command::ListParameters => {
             format!("Listing runtime parameters for vhost \"{vhost}\" ...")
         }
+        Command::ShovelStatus => "Shovel status on node ...".to_owned(),
+        Command::DeleteShovel { name } => {
+            format!("Deleting shovel {name} in vhost {vhost}")
+        }
+        Command::RestartShovel { name } => {
+            format!("Restarting shovel {name} in vhost {vhost}")
+        }
         Command::SetGlobalParameter { name, .. } => {
             format!("Setting global runtime parameter \"{name}\" ...")
         }
@@ -774,6 +787,15 @@ fn request(cmd: &Command, vhost: &str) -> Result<CtlOp, Failure> {
             name: name.clone(),
         },
         Command::ListParameters => CtlOp::ListParameters { vhost },
+        Command::ShovelStatus => CtlOp::ShovelStatus,
+        Command::DeleteShovel { name } => CtlOp::DeleteShovel {
+            vhost,
+            name: name.clone(),
+        },
+        Command::RestartShovel { name } => CtlOp::RestartShovel {
+            vhost,
+            name: name.clone(),
+        },
         Command::SetGlobalParameter { name, value } => CtlOp::SetGlobalParameter {
             name: name.clone(),
             value: value.clone(),

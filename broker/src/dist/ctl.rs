@@ -269,6 +269,22 @@ pub enum CtlOp {
     },
     /// Lists the global runtime parameters.
     ListGlobalParameters,
+    /// Every shovel's status.
+    ShovelStatus,
+    /// Deletes a shovel: clears a dynamic shovel's parameter, stops a static one.
+    DeleteShovel {
+        /// Vhost.
+        vhost: String,
+        /// Name.
+        name: String,
+    },
+    /// Restarts a shovel's link.
+    RestartShovel {
+        /// Vhost.
+        vhost: String,
+        /// Name.
+        name: String,
+    },
     /// The node's definitions in RabbitMQ's JSON format.
     ExportDefinitions,
     /// Imports definitions in RabbitMQ's JSON format.
@@ -989,6 +1005,98 @@ pub async fn handle(shared: &Arc<BrokerShared>, op: CtlOp) -> Result<Reply, Remo
                 .await
                 .map_err(|e| RemoteError::unavailable(e.text))?;
             Ok(Reply::Done)
+        }
+        CtlOp::ShovelStatus => {
+            let rows = shared
+                .shovels
+                .get()
+                .map(|s| s.status())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| {
+                    let reason = match &s.state {
+                        warren_shovel::State::Terminated(r) => json!(r),
+                        _ => Value::Null,
+                    };
+                    let time = s.last_error_time.and_then(|t| {
+                        t.duration_since(std::time::UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_secs())
+                    });
+                    vec![
+                        json!(s.name),
+                        json!(s.vhost),
+                        json!(s.kind.as_str()),
+                        json!(s.state.name()),
+                        reason,
+                        json!(s.source),
+                        json!(s.destination),
+                        json!(s.last_error),
+                        json!(time),
+                        json!(s.reconnects),
+                        json!(s.forwarded),
+                        json!(s.in_flight),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &[
+                    "name",
+                    "vhost",
+                    "type",
+                    "state",
+                    "termination_reason",
+                    "source",
+                    "destination",
+                    "last_error",
+                    "last_error_time",
+                    "reconnects",
+                    "forwarded",
+                    "in_flight",
+                ],
+                rows,
+            ))
+        }
+        CtlOp::DeleteShovel { vhost, name } => {
+            let not_found = || {
+                RemoteError::unavailable(format!(
+                    "Shovel with the given name was not found on the target node '{}' and / or virtual host '{vhost}'",
+                    shared.config.node_name()
+                ))
+            };
+            let kind = shared.shovels.get().and_then(|s| s.kind(&vhost, &name));
+            match kind {
+                Some(warren_shovel::Kind::Static) => {
+                    if let Some(s) = shared.shovels.get() {
+                        s.delete(&vhost, &name);
+                    }
+                }
+                _ => {
+                    shared
+                        .execute(MetaCommand::ClearParameter {
+                            vhost: vhost.clone(),
+                            component: crate::shovel::COMPONENT.to_owned(),
+                            name: name.clone(),
+                        })
+                        .await
+                        .map_err(|_| not_found())?;
+                }
+            }
+            Ok(Reply::Done)
+        }
+        CtlOp::RestartShovel { vhost, name } => {
+            if shared
+                .shovels
+                .get()
+                .is_some_and(|s| s.restart(&vhost, &name))
+            {
+                Ok(Reply::Done)
+            } else {
+                Err(RemoteError::unavailable(format!(
+                    "Shovel with the given name was not found on the target node '{}' and / or virtual host '{vhost}'",
+                    shared.config.node_name()
+                )))
+            }
         }
         CtlOp::ListParameters { vhost } => {
             require_vhost(shared, &vhost)?;

@@ -17,6 +17,7 @@ mod perf;
 mod policies;
 mod queues;
 mod raw_frames;
+mod shovel;
 mod smoke;
 mod tls;
 mod warrenctl;
