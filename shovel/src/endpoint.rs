@@ -166,10 +166,12 @@ impl Endpoint {
         let uri = match (&self.remote, local) {
             (Some(u), _) => u.clone(),
             (None, Some(local)) => local(&self.local_vhost),
-            (None, None) => return Err(format!(
+            (None, None) => {
+                return Err(format!(
                 "{}: a URI without a host names the local node, which only an embedded shovel has",
                 self.display()
-            )),
+            ))
+            }
         };
         let mut tls = OwnedTLSConfig::default();
         if let Some(path) = &self.cacertfile {

@@ -240,4 +240,5 @@ pub mod perf;
 pub mod pika;
 pub mod process;
 pub mod proxy;
+pub mod rabbit;
 pub mod raw;

@@ -533,3 +533,114 @@ async fn the_standalone_binary_moves_messages_between_two_brokers() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("src-exchange"));
 }
+
+/// With RabbitMQ 3.10 (a node of the tests' own, shared by these tests): Warren's shovel
+/// with RabbitMQ as source and as destination, RabbitMQ's shovel plugin moving messages
+/// into and out of Warren, and RabbitMQ's shovel parameters imported into Warren as they are.
+mod rabbitmq {
+    use super::*;
+    use warren_tests::rabbit::RabbitNode;
+
+    fn rabbit() -> &'static RabbitNode {
+        tokio::task::block_in_place(RabbitNode::shared)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn warren_shovels_move_messages_from_and_to_rabbitmq() {
+        let warren = TestBroker::start().await;
+        if warren.is_external() {
+            return;
+        }
+        let rabbit = rabbit();
+        let (rq_in, wq_in) = (unique("rmq-src"), unique("w-dst"));
+        let (wq_out, rq_out) = (unique("w-src"), unique("rmq-dst"));
+        declare(&rabbit.uri(), &rq_in).await;
+        declare(warren.uri(), &wq_in).await;
+        declare(warren.uri(), &wq_out).await;
+        declare(&rabbit.uri(), &rq_out).await;
+        publish(&rabbit.uri(), &rq_in, 0, 500).await;
+        publish(warren.uri(), &wq_out, 0, 500).await;
+        let from = shovel_def(&rabbit.uri(), &rq_in, "amqp://", &wq_in, 100).to_string();
+        let to = shovel_def("amqp://", &wq_out, &rabbit.uri(), &rq_out, 100).to_string();
+        warren
+            .admin_ok(&["set_parameter", "shovel", "from-rabbit", &from])
+            .await;
+        warren
+            .admin_ok(&["set_parameter", "shovel", "to-rabbit", &to])
+            .await;
+        assert_eq!(collect(warren.uri(), &wq_in, 500, 20).await.len(), 500);
+        assert_eq!(collect(&rabbit.uri(), &rq_out, 500, 20).await.len(), 500);
+        for q in [&rq_in, &rq_out] {
+            rabbit.ctl(&["delete_queue", q]);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rabbitmq_shovel_plugin_moves_messages_into_and_out_of_warren_and_its_definitions_import(
+    ) {
+        let warren = TestBroker::start().await;
+        if warren.is_external() {
+            return;
+        }
+        let rabbit = rabbit();
+        let (rq_in, wq_in) = (unique("rmq-src"), unique("w-dst"));
+        let (wq_out, rq_out) = (unique("w-src"), unique("rmq-dst"));
+        declare(&rabbit.uri(), &rq_in).await;
+        declare(warren.uri(), &wq_in).await;
+        declare(warren.uri(), &wq_out).await;
+        declare(&rabbit.uri(), &rq_out).await;
+        let (into, out_of) = (unique("into-warren"), unique("out-of-warren"));
+        let d1 = shovel_def("amqp://", &rq_in, warren.uri(), &wq_in, 100);
+        let d2 = shovel_def(warren.uri(), &wq_out, "amqp://", &rq_out, 100);
+        for (name, def) in [(&into, &d1), (&out_of, &d2)] {
+            let mut def = def.clone();
+            // RabbitMQ takes whole seconds.
+            def["reconnect-delay"] = json!(1);
+            let out = tokio::task::block_in_place(|| {
+                rabbit.ctl(&["set_parameter", "shovel", name, &def.to_string()])
+            });
+            assert!(out.status.success(), "{out:?}");
+        }
+        publish(&rabbit.uri(), &rq_in, 0, 500).await;
+        publish(warren.uri(), &wq_out, 0, 500).await;
+        assert_eq!(collect(warren.uri(), &wq_in, 500, 30).await.len(), 500);
+        assert_eq!(collect(&rabbit.uri(), &rq_out, 500, 30).await.len(), 500);
+
+        // RabbitMQ's export, shovel parameters included, imports into Warren as it is.
+        let export = rabbit.dir.join(format!("{into}.json"));
+        let path = export.display().to_string();
+        let out = tokio::task::block_in_place(|| rabbit.ctl(&["export_definitions", &path]));
+        assert!(out.status.success(), "{out:?}");
+        let text = std::fs::read_to_string(&export).expect("the export");
+        let other = TestBroker::start().await;
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), &text).expect("write");
+        other
+            .admin_ok(&["import_definitions", &file.path().display().to_string()])
+            .await;
+        let status = other
+            .admin_ok(&["shovel_status", "--formatter", "json"])
+            .await;
+        let rows: Value = serde_json::from_str(&status).expect("JSON");
+        let names: Vec<&str> = rows
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        assert!(
+            names.contains(&into.as_str()) && names.contains(&out_of.as_str()),
+            "{rows}"
+        );
+        other.admin_ok(&["delete_shovel", &into]).await;
+        other.admin_ok(&["delete_shovel", &out_of]).await;
+        tokio::task::block_in_place(|| {
+            for name in [&into, &out_of] {
+                rabbit.ctl(&["clear_parameter", "shovel", name]);
+            }
+            for q in [&rq_in, &rq_out] {
+                rabbit.ctl(&["delete_queue", q]);
+            }
+        });
+    }
+}
