@@ -24,8 +24,11 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Event, PublisherConfirm};
 use serde_json::{Map, Value};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
@@ -279,7 +282,7 @@ async fn session(
 
     let limit = *remaining;
     let acked = AtomicU64::new(0);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Option<PublisherConfirm>)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Sent)>();
     let forward = async {
         let tx = tx;
         let mut src_events = std::pin::pin!(src_events);
@@ -318,21 +321,29 @@ async fn session(
                     ctx.status.received(1);
                     let (exchange, key) = target(&def.destination, &d);
                     let props = outgoing_properties(ctx, &d);
-                    let confirm = dch
-                        .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), &d.data, props)
-                        .await
-                        .map_err(|e| format!("destination: publish failed: {e}"))?;
+                    // The first poll queues the frames (in delivery order); waiting for them
+                    // to be written, and then for the confirm, is the settle loop's job, so
+                    // publishes are not serialised on the client's I/O thread.
+                    let (ch, data) = (dch.clone(), d.data);
+                    let mut publish: PublishFuture = Box::pin(async move {
+                        ch.basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), &data, props).await
+                    });
+                    let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+                    let sent = match first {
+                        Poll::Ready(r) => Sent::Done(r.map_err(|e| format!("destination: publish failed: {e}"))?),
+                        Poll::Pending => Sent::Pending(publish),
+                    };
                     published += 1;
                     match def.ack_mode {
                         AckMode::NoAck => {
+                            if let Sent::Pending(p) = sent {
+                                p.await.map_err(|e| format!("destination: publish failed: {e}"))?;
+                            }
                             ctx.status.settled(1, 1);
                             acked.fetch_add(1, Ordering::Relaxed);
                         }
-                        AckMode::OnPublish => {
-                            let _ = tx.send((d.delivery_tag, None));
-                        }
-                        AckMode::OnConfirm => {
-                            let _ = tx.send((d.delivery_tag, Some(confirm)));
+                        AckMode::OnPublish | AckMode::OnConfirm => {
+                            let _ = tx.send((d.delivery_tag, sent));
                         }
                     }
                 }
@@ -344,7 +355,7 @@ async fn session(
         let mut pending: Option<u64> = None;
         let mut batch = 0u64;
         loop {
-            let (tag, confirm) = match rx.try_recv() {
+            let (tag, sent) = match rx.try_recv() {
                 Ok(p) => p,
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
                     flush(ctx, &sch, &mut pending, &mut batch, &acked).await?;
@@ -355,9 +366,15 @@ async fn session(
                 }
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
             };
-            let ok = match confirm {
-                None => true,
-                Some(c) => match c.await {
+            let confirm = match sent {
+                Sent::Done(c) => c,
+                Sent::Pending(p) => p
+                    .await
+                    .map_err(|e| format!("destination: publish failed: {e}"))?,
+            };
+            let ok = match def.ack_mode {
+                AckMode::OnPublish | AckMode::NoAck => true,
+                AckMode::OnConfirm => match confirm.await {
                     Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => true,
                     Ok(Confirmation::Nack(_)) => false,
                     Err(e) => return Err(format!("destination: {e}")),
@@ -392,6 +409,17 @@ async fn session(
         *r = r.saturating_sub(acked.load(Ordering::Relaxed));
     }
     result.map(|_| "delete-after reached".to_owned())
+}
+
+/// A publish whose frames are queued, not necessarily written yet.
+type PublishFuture = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+
+/// A publish handed from the forward loop to the settle loop.
+enum Sent {
+    /// Written; its confirm may be pending.
+    Done(PublisherConfirm),
+    /// Queued; resolves once written.
+    Pending(PublishFuture),
 }
 
 async fn flush(

@@ -644,3 +644,52 @@ mod rabbitmq {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqps_destination_is_reached_with_the_uri_tls_options_and_a_client_certificate() {
+    use warren_broker::config::{TlsConfig, TlsVerify, TlsVersion};
+    use warren_tests::certs::TestCa;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new("Warren shovel CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let server = ca.server(dir.path());
+    let client = ca.client(dir.path(), "shovel", "Warren");
+    let dst = TestBroker::start_with(|c| {
+        c.tls = Some(TlsConfig {
+            bind: None,
+            port: 0,
+            certfile: server.cert_file.clone(),
+            keyfile: server.key_file.clone(),
+            cacertfile: Some(ca_file.clone()),
+            verify: TlsVerify::VerifyPeer,
+            fail_if_no_peer_cert: true,
+            versions: vec![TlsVersion::Tls13, TlsVersion::Tls12],
+        });
+    })
+    .await;
+    let src = TestBroker::start().await;
+    if src.is_external() {
+        return;
+    }
+    let (qs, qd, name) = (unique("sh-src"), unique("sh-dst"), unique("tls"));
+    declare(src.uri(), &qs).await;
+    declare(dst.uri(), &qd).await;
+    let port = dst.tls_addr().expect("a TLS listener").port();
+    let uri = format!(
+        "amqps://guest:guest@localhost:{port}/%2f?cacertfile={}&certfile={}&keyfile={}&verify=verify_peer&server_name_indication=localhost",
+        ca_file.display(),
+        client.cert_file.display(),
+        client.key_file.display()
+    );
+    let def = shovel_def("amqp://", &qs, &uri, &qd, 100).to_string();
+    src.admin_ok(&["set_parameter", "shovel", &name, &def])
+        .await;
+    publish(src.uri(), &qs, 0, 100).await;
+    assert_eq!(collect(dst.uri(), &qd, 100, 20).await.len(), 100);
+    let st = status_of(&src, &name).expect("status");
+    assert!(
+        !st["source"].as_str().unwrap_or("").contains(":guest@")
+            && !st["destination"].as_str().unwrap_or("").contains(":guest@"),
+        "passwords are hidden: {st}"
+    );
+}
