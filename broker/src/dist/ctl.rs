@@ -319,6 +319,9 @@ fn select(
 ) -> Result<Table, RemoteError> {
     let columns: Vec<String> = if columns.is_empty() {
         default.iter().map(|c| c.to_string()).collect()
+    } else if columns.len() == 1 && columns[0] == "*" {
+        // Every column (the HTTP API shows whole objects).
+        valid.iter().map(|c| c.to_string()).collect()
     } else {
         columns.to_vec()
     };
