@@ -339,6 +339,37 @@ impl Connection {
         paused
     }
 
+    /// RabbitMQ's `max-channels` user limit: channels open on all the user's connections.
+    fn check_user_channel_limit(&self) -> Result<(), ChannelError> {
+        let user = &self.state.user;
+        let max = self.state.shared.with_meta(|m| {
+            m.users
+                .get(&**user)
+                .and_then(|u| u.limits.get("max-channels")?.as_i64())
+        });
+        let Some(max) = max.and_then(|m| u64::try_from(m).ok()) else {
+            return Ok(());
+        };
+        let elsewhere: u64 = self
+            .state
+            .shared
+            .connections
+            .list()
+            .iter()
+            .filter(|c| c.id != self.state.id && c.user == *user)
+            .map(|c| u64::from(c.channels.load(std::sync::atomic::Ordering::Relaxed)))
+            .sum();
+        if elsewhere + self.channels.len() as u64 >= max {
+            return Err(ChannelError::new(
+                ReplyCode::NotAllowed,
+                format!(
+                    "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) {
         if !self.state.counts.is_empty() {
             self.state.counts.send_oct += self.state.out.len() as u64;
@@ -533,6 +564,7 @@ impl Connection {
                             ),
                         ));
                     }
+                    self.check_user_channel_limit()?;
                     let epoch = self.next_epoch;
                     self.next_epoch += 1;
                     let ch = Channel::new(channel, epoch, &self.state);
