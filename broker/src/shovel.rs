@@ -16,6 +16,9 @@ pub const COMPONENT: &str = "shovel";
 
 /// Starts the node's shovels: the config file's and those of the stored parameters.
 pub fn start(shared: &Arc<BrokerShared>, amqp_addr: SocketAddr) {
+    // The shovels' counters and gauges are registered when they start: the process-wide
+    // recorder that /metrics renders must be installed first.
+    let _ = crate::http::global_metrics();
     let ip = if amqp_addr.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
     } else {

@@ -163,6 +163,7 @@ async fn on_confirm_loses_nothing_when_links_are_cut_and_refused_mid_stream() {
     );
     let (qs, qd, name) = (unique("sh-src"), unique("sh-dst"), unique("cut"));
     declare(src.uri(), &qs).await;
+    declare(dst.uri(), &qd).await;
     let n = 3000;
     let prefetch = 100;
     let def = shovel_def(&psrc.uri(), &qs, &pdst.uri(), &qd, prefetch).to_string();
@@ -382,6 +383,23 @@ async fn static_shovels_start_from_the_config_and_are_restarted_and_deleted_by_w
     assert_eq!(rows[0]["state"], "running");
     let plain = broker.admin_ok(&["shovel_status"]).await;
     assert!(plain.contains("from-config"), "{plain}");
+    let metrics = warren_tests::http::request(
+        broker.http_addr().expect("http port"),
+        "GET",
+        "/metrics",
+        None,
+        None,
+    )
+    .await;
+    assert!(
+        metrics
+            .body
+            .lines()
+            .any(|l| l.starts_with("warren_shovel_forwarded_total")
+                && l.contains("shovel=\"from-config\"")),
+        "per-shovel metrics: {}",
+        metrics.body
+    );
 
     broker.admin_ok(&["restart_shovel", "from-config"]).await;
     assert!(
