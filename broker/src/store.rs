@@ -317,6 +317,15 @@ impl Store {
         })
     }
 
+    /// The keyspace a clustered node keeps its Raft log, vote and snapshot in, with the
+    /// database it belongs to (for atomic batches and fsyncs).
+    pub fn raft_keyspace(opened: &Opened) -> Result<(Database, Keyspace), StoreError> {
+        let ks = opened.db.keyspace("raft", || {
+            KeyspaceCreateOptions::default().max_memtable_size(1024 * 1024)
+        })?;
+        Ok((opened.db.clone(), ks))
+    }
+
     /// True once a write failed: nothing more is accepted.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)
@@ -421,13 +430,14 @@ fn fail(op: Op) {
 }
 
 impl Opened {
-    /// Scans the messages on disk: keeps the durable records of `keep` queues, deletes
+    /// Scans the messages on disk: keeps the durable records of `keep` queues (of every queue
+    /// when None: a clustered node learns its queues from the Raft log later), deletes
     /// everything else (paged-out transient messages, queues that no longer exist), rewrites
     /// the definitions log as `compacted`, and starts the store thread. Returns the store and
     /// what each kept queue has on disk.
     pub fn recover(
         self,
-        keep: &std::collections::HashSet<u64>,
+        keep: Option<&std::collections::HashSet<u64>>,
         compacted: &[Vec<u8>],
     ) -> Result<(Store, std::collections::HashMap<u64, RecoveredQueue>), StoreError> {
         let mut found: std::collections::HashMap<u64, RecoveredQueue> = Default::default();
@@ -441,7 +451,7 @@ impl Opened {
                 continue;
             };
             let durable = v.len() >= 2 && v[0] == RECORD_VERSION && v[1] & FLAG_DURABLE != 0;
-            if !keep.contains(&queue) || !durable {
+            if keep.is_some_and(|k| !k.contains(&queue)) || !durable {
                 batch.remove(&self.msgs, k);
                 dropped += 1;
                 continue;
@@ -472,7 +482,7 @@ impl Opened {
                 continue;
             };
             let queue = u64::from_be_bytes(qk);
-            if keep.contains(&queue) {
+            if keep.is_none_or(|k| k.contains(&queue)) {
                 found.entry(queue).or_default().delivered = u64::from_be_bytes(vk);
             } else {
                 batch.remove(&self.qstate, k);

@@ -215,6 +215,7 @@ pub(crate) fn spawn(
             aux: aux_tx.clone(),
             settings: settings_tx,
             stop: stop.clone(),
+            remote: false,
         }),
     };
     let recovered = disk.as_ref().map(|d| d.recovered).unwrap_or_default();
