@@ -24,6 +24,7 @@ pub mod direct_reply;
 pub mod dist;
 pub mod error;
 pub mod exchange;
+pub mod http;
 pub mod message;
 pub mod meta;
 pub mod policy;
@@ -72,6 +73,7 @@ impl Broker {
             tokio::task::spawn_blocking(move || dist::auth::read_or_create_cookie(&path)).await??
         };
         let dist_bind = SocketAddr::new(config.bind, config.dist_port()?);
+        config.http_port()?;
         let definitions_file = config.load_definitions.clone();
         // The distribution port is bound first (peers learn its address), and served once
         // the application has recovered.
@@ -127,6 +129,14 @@ impl RunningBroker {
     /// The node (application lifecycle, clustering).
     pub fn node(&self) -> &Arc<cluster::node::Node> {
         &self.node
+    }
+
+    /// The address of the HTTP listener (management API, /metrics).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.node
+            .addrs()
+            .2
+            .expect("the HTTP listener was bound at start")
     }
 
     /// Stops accepting, closes every connection (320 CONNECTION_FORCED) and waits, up to a

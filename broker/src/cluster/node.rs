@@ -37,8 +37,8 @@ pub struct Node {
     pub stopped: CancellationToken,
     /// The distribution listener's address.
     pub dist_addr: SocketAddr,
-    /// The AMQP and AMQPS addresses of the last start.
-    addrs: Mutex<(Option<SocketAddr>, Option<SocketAddr>)>,
+    /// The AMQP, AMQPS and HTTP addresses of the last start.
+    addrs: Mutex<(Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>)>,
 }
 
 fn not_running(node: &str) -> RemoteError {
@@ -70,7 +70,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             stopped: CancellationToken::new(),
             dist_addr,
-            addrs: Mutex::new((None, None)),
+            addrs: Mutex::new((None, None, None)),
         }
     }
 
@@ -95,8 +95,8 @@ impl Node {
             .map(|a| a.shared.clone())
     }
 
-    /// The AMQP and AMQPS addresses.
-    pub fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    /// The AMQP, AMQPS and HTTP addresses.
+    pub fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>) {
         *self.addrs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -120,6 +120,7 @@ impl Node {
             .tls
             .as_ref()
             .map(|t| SocketAddr::new(t.bind.unwrap_or(config.bind), t.port));
+        let http_bind = SocketAddr::new(config.bind, config.http_port()?);
         let shared = BrokerShared::start(config.clone(), self.identity.clone()).await?;
         let limit = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
         let mut listeners = Vec::new();
@@ -145,6 +146,13 @@ impl Node {
                 limit,
             )));
         }
+        let http_listener = crate::bind("HTTP", http_bind).await?;
+        let http_addr = http_listener.local_addr()?;
+        tracing::info!(local_addr = %http_addr, "HTTP listener started");
+        listeners.push(tokio::spawn(crate::http::run(
+            shared.clone(),
+            http_listener,
+        )));
         {
             let mut l = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
             l.push(("amqp".into(), local_addr));
@@ -152,16 +160,19 @@ impl Node {
                 l.push(("amqp/ssl".into(), a));
             }
             l.push(("clustering".into(), self.dist_addr));
+            l.push(("http".into(), http_addr));
         }
         {
             // A restart of the application binds the same ports (tests bind port 0 first).
             let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
             c.port = local_addr.port();
+            c.http_port = Some(http_addr.port());
             if let (Some(t), Some(a)) = (c.tls.as_mut(), tls_addr) {
                 t.port = a.port();
             }
         }
-        *self.addrs.lock().unwrap_or_else(|e| e.into_inner()) = (Some(local_addr), tls_addr);
+        *self.addrs.lock().unwrap_or_else(|e| e.into_inner()) =
+            (Some(local_addr), tls_addr, Some(http_addr));
         *self.app.lock().unwrap_or_else(|e| e.into_inner()) = Some(App { shared, listeners });
         Ok(())
     }
