@@ -418,33 +418,50 @@ impl Cluster {
         resp.into_result()
     }
 
-    /// Runs a membership request on the leader (here, or forwarded).
+    /// Runs a membership request on the leader (here, or forwarded). While the cluster
+    /// elects a leader (the old one just stopped) the request is retried for a few seconds.
     pub async fn membership(&self, op: PeerOp) -> Result<(), RemoteError> {
-        let m = self.metrics();
-        if m.current_leader == Some(self.id) {
-            return self.membership_on_leader(op).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let retry = |e: RemoteError| async move {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(())
+            };
+            if self.metrics().current_leader == Some(self.id) {
+                return self.membership_on_leader(op).await;
+            }
+            let Some(leader) = self.leader() else {
+                retry(RemoteError::unavailable(format!(
+                    "the cluster has no leader: no majority of disc nodes is reachable from node {}",
+                    self.me.name
+                )))
+                .await?;
+                continue;
+            };
+            let r = network::peer_call::<()>(
+                &leader.addr,
+                &self.cookie,
+                &self.me.name,
+                op.clone(),
+                Duration::from_secs(30),
+            )
+            .await;
+            match r {
+                Ok(()) => return Ok(()),
+                // The leader refused the request itself: final.
+                Err(crate::dist::ClientError::Remote(r)) if r.code != 69 => return Err(r),
+                Err(other) => {
+                    retry(RemoteError::unavailable(format!(
+                        "could not reach the leader {}: {other}",
+                        leader.name
+                    )))
+                    .await?
+                }
+            }
         }
-        let Some(leader) = self.leader() else {
-            return Err(RemoteError::unavailable(format!(
-                "the cluster has no leader: no majority of disc nodes is reachable from node {}",
-                self.me.name
-            )));
-        };
-        network::peer_call::<()>(
-            &leader.addr,
-            &self.cookie,
-            &self.me.name,
-            op,
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|e| match e {
-            crate::dist::ClientError::Remote(r) => r,
-            other => RemoteError::unavailable(format!(
-                "could not reach the leader {}: {other}",
-                leader.name
-            )),
-        })
     }
 
     async fn membership_on_leader(&self, op: PeerOp) -> Result<(), RemoteError> {
