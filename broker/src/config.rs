@@ -19,6 +19,9 @@ pub struct Config {
     /// Distribution port (CLI and, later, other nodes); None means the AMQP port + 20000
     /// (or a free one when the AMQP port is 0).
     pub dist_port: Option<u16>,
+    /// HTTP port (management API, /metrics); None means the AMQP port + 10000 (or a free
+    /// one when the AMQP port is 0).
+    pub http_port: Option<u16>,
     /// The cookie file; None means `$HOME/.warren.cookie`.
     pub cookie_file: Option<PathBuf>,
     /// Directory for this node's data; empty means `./warren-data/<node name>`.
@@ -164,6 +167,7 @@ impl Default for Config {
             bind: IpAddr::from([127, 0, 0, 1]),
             port: 5672,
             dist_port: None,
+            http_port: None,
             cookie_file: None,
             data_dir: PathBuf::new(),
             max_message_size: 128 * 1024 * 1024,
@@ -200,6 +204,7 @@ impl Config {
         Config {
             port: 0,
             dist_port: Some(0),
+            http_port: Some(0),
             cookie_file: Some(data_dir.join(".warren.cookie")),
             data_dir: data_dir.to_path_buf(),
             alarm_interval_ms: 100,
@@ -225,6 +230,21 @@ impl Config {
             None => self.port.checked_add(20000).ok_or_else(|| {
                 ConfigError(format!(
                     "key `dist_port`: the default (AMQP port {} + 20000) is not a port; set dist_port, --dist-port or WARREN_DIST_PORT",
+                    self.port
+                ))
+            }),
+        }
+    }
+
+    /// The HTTP port: configured, or the AMQP port + 10000 (a free one when the AMQP port
+    /// is 0). An AMQP port above 55535 has no default HTTP port: it must be configured.
+    pub fn http_port(&self) -> Result<u16, ConfigError> {
+        match self.http_port {
+            Some(p) => Ok(p),
+            None if self.port == 0 => Ok(0),
+            None => self.port.checked_add(10000).ok_or_else(|| {
+                ConfigError(format!(
+                    "key `http_port`: the default (AMQP port {} + 10000) is not a port; set http_port, --http-port or WARREN_HTTP_PORT",
                     self.port
                 ))
             }),
@@ -287,6 +307,7 @@ struct FileConfig {
     bind: Option<IpAddr>,
     port: Option<u16>,
     dist_port: Option<u16>,
+    http_port: Option<u16>,
     cookie_file: Option<PathBuf>,
     max_connections: Option<usize>,
     heartbeat: Option<u16>,
@@ -367,6 +388,9 @@ impl Config {
         }
         if let Some(v) = file.port {
             self.port = v;
+        }
+        if let Some(v) = file.http_port {
+            self.http_port = Some(v);
         }
         if let Some(v) = file.dist_port {
             self.dist_port = Some(v);
@@ -518,6 +542,9 @@ impl Config {
         };
         if let Some(v) = get("WARREN_NODE_PORT", Some("RABBITMQ_NODE_PORT")) {
             self.port = port(v)?;
+        }
+        if let Some(v) = get("WARREN_HTTP_PORT", None) {
+            self.http_port = Some(port(v)?);
         }
         if let Some(v) = get("WARREN_DIST_PORT", Some("RABBITMQ_DIST_PORT")) {
             self.dist_port = Some(port(v)?);

@@ -22,6 +22,7 @@ pub mod direct_reply;
 pub mod dist;
 pub mod error;
 pub mod exchange;
+pub mod http;
 pub mod message;
 pub mod meta;
 pub mod policy;
@@ -46,6 +47,7 @@ pub struct RunningBroker {
     local_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     dist_addr: SocketAddr,
+    http_addr: SocketAddr,
     shared: Arc<BrokerShared>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -80,6 +82,7 @@ impl Broker {
             .as_ref()
             .map(|t| SocketAddr::new(t.bind.unwrap_or(config.bind), t.port));
         let dist_bind = SocketAddr::new(config.bind, config.dist_port()?);
+        let http_bind = SocketAddr::new(config.bind, config.http_port()?);
         let definitions_file = config.load_definitions.clone();
         // Recover first: the listeners open once the node can serve what it had.
         let shared = BrokerShared::start(config).await?;
@@ -124,6 +127,10 @@ impl Broker {
             dist_listener,
             cookie,
         )));
+        let http_listener = bind("HTTP", http_bind).await?;
+        let http_addr = http_listener.local_addr()?;
+        tracing::info!(local_addr = %http_addr, "HTTP listener started");
+        listeners.push(tokio::spawn(http::run(shared.clone(), http_listener)));
         {
             let mut l = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
             l.push(("amqp".into(), local_addr));
@@ -131,11 +138,13 @@ impl Broker {
                 l.push(("amqp/ssl".into(), a));
             }
             l.push(("clustering".into(), dist_addr));
+            l.push(("http".into(), http_addr));
         }
         Ok(RunningBroker {
             local_addr,
             tls_addr,
             dist_addr,
+            http_addr,
             shared,
             listeners,
         })
@@ -156,6 +165,11 @@ impl RunningBroker {
     /// The address of the distribution listener (warrenctl connects there).
     pub fn dist_addr(&self) -> SocketAddr {
         self.dist_addr
+    }
+
+    /// The address of the HTTP listener (management API, /metrics).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// The node's shared state.

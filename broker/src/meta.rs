@@ -423,6 +423,17 @@ pub struct VhostMeta {
 }
 
 impl VhostMeta {
+    /// A limit set by `set_vhost_limits` (`max-connections`, `max-queues`): None when unset
+    /// or negative, which RabbitMQ reads as no limit.
+    pub fn limit(&self, key: &str) -> Option<u64> {
+        let limits = self
+            .parameters
+            .iter()
+            .find(|((c, _), _)| c == "vhost-limits")?
+            .1;
+        u64::try_from(limits.value.get(key)?.as_i64()?).ok()
+    }
+
     /// Bindings whose source is `exchange`.
     pub fn bindings_from<'a>(&'a self, exchange: &str) -> impl Iterator<Item = &'a BindingDef> {
         let start: BindingKey = (

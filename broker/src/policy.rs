@@ -90,6 +90,42 @@ fn validation_failed(detail: impl std::fmt::Display) -> ChannelError {
 }
 
 /// A JSON value printed the way Erlang's `~p` prints the term RabbitMQ decodes it to.
+/// Validates a limits object as RabbitMQ does for `set_vhost_limits` (`component`
+/// `vhost-limits`, keys `max-connections`, `max-queues`) and `set_user_limits`
+/// (`user-limits`, keys `max-connections`, `max-channels`): known keys, integer values.
+pub fn validate_limits(
+    component: &str,
+    keys: &[&str],
+    value: &serde_json::Value,
+) -> Result<(), String> {
+    let Some(obj) = value.as_object() else {
+        return Err(format!(
+            "{} is not a valid {component} definition",
+            erlang_term(value)
+        ));
+    };
+    let unknown: Vec<String> = obj
+        .iter()
+        .filter(|(k, _)| !keys.contains(&k.as_str()))
+        .map(|(k, v)| format!("{{<<\"{k}\">>,{}}}", erlang_term(v)))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "Unrecognised terms [{}] in {component}",
+            unknown.join(",")
+        ));
+    }
+    for (k, v) in obj {
+        if v.as_i64().is_none() {
+            return Err(format!(
+                "{k} should be a number, actually was {}",
+                erlang_term(v)
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn erlang_term(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => format!("<<\"{s}\">>"),

@@ -76,7 +76,7 @@ start_warren() {
     # The distribution port defaults to the AMQP port + 20000: let the OS pick one instead,
     # and keep the cookie out of $HOME.
     WARREN_LOG=warn WARREN_COOKIE_FILE="$WORK/warren.cookie" \
-        "$BIN/warren-server" --port "$WARREN_PORT" --dist-port 0 --data-dir "$WORK/warren-data" \
+        "$BIN/warren-server" --port "$WARREN_PORT" --dist-port 0 --http-port 0 --data-dir "$WORK/warren-data" \
         >>"$WORK/warren.log" 2>&1 &
     WARREN_PID=$!
     wait_for_port "$WARREN_PORT"

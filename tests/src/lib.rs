@@ -80,6 +80,12 @@ impl TestBroker {
         self.running.as_ref().map(|r| r.dist_addr())
     }
 
+    /// The HTTP port's address: management API and /metrics (None against an external
+    /// broker).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().map(|r| r.http_addr())
+    }
+
     /// The node's cookie file (None against an external broker).
     pub fn cookie_file(&self) -> Option<std::path::PathBuf> {
         self.running
@@ -236,6 +242,7 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T
 }
 
 pub mod certs;
+pub mod http;
 pub mod perf;
 pub mod pika;
 pub mod process;

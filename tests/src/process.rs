@@ -114,6 +114,7 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .env("WARREN_DIST_PORT", dist_port.to_string())
+            .env("WARREN_HTTP_PORT", free_port().to_string())
             .env("WARREN_COOKIE_FILE", data_dir.join(".cookie"));
         tweak(&mut cmd);
         let child = cmd

@@ -418,6 +418,8 @@ struct Warren {
     port: u16,
     /// Its distribution port (a free one, kept across restarts).
     dist_port: u16,
+    /// Its HTTP port (likewise).
+    http_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -435,6 +437,7 @@ impl Broker {
             child: None,
             port,
             dist_port: warren_tests::process::free_port(),
+            http_port: warren_tests::process::free_port(),
             dir,
         };
         warren.spawn().await?;
@@ -490,6 +493,7 @@ impl Warren {
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .env("WARREN_DIST_PORT", self.dist_port.to_string())
+            .env("WARREN_HTTP_PORT", self.http_port.to_string())
             .env("WARREN_COOKIE_FILE", self.dir.path().join("cookie"))
             .env("WARREN_LOG", "warn")
             .env("NO_COLOR", "1")

@@ -19,6 +19,10 @@ struct Args {
     /// Distribution port for warrenctl [env: WARREN_DIST_PORT, RABBITMQ_DIST_PORT].
     #[arg(long)]
     dist_port: Option<u16>,
+    /// HTTP port: management API and /metrics (default AMQP port + 10000) [env:
+    /// WARREN_HTTP_PORT].
+    #[arg(long)]
+    http_port: Option<u16>,
     /// Address to listen on [env: WARREN_BIND, RABBITMQ_NODE_IP_ADDRESS].
     #[arg(long)]
     bind: Option<IpAddr>,
@@ -64,6 +68,9 @@ fn configure(args: Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.dist_port {
         config.dist_port = Some(v);
+    }
+    if let Some(v) = args.http_port {
+        config.http_port = Some(v);
     }
     if let Some(v) = args.bind {
         config.bind = v;

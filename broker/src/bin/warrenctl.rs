@@ -76,6 +76,18 @@ enum Command {
     SetUserTags { username: String, tags: Vec<String> },
     /// Lists users.
     ListUsers,
+    /// Sets a user's limits: a JSON object with max-connections and/or max-channels.
+    SetUserLimits {
+        username: String,
+        definition: String,
+    },
+    /// Clears one of a user's limits (max-connections, max-channels) or all of them.
+    ClearUserLimits { username: String, limit: String },
+    /// Shows a user's limits (the default user's unless --user is given).
+    ListUserLimits {
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Creates a vhost.
     AddVhost {
         vhost: String,
@@ -475,6 +487,21 @@ fn banner(cmd: &Command, vhost: &str, node: &str) -> Option<String> {
             )
         }
         Command::ListUsers => "Listing users ...".into(),
+        Command::SetUserLimits {
+            username,
+            definition,
+        } => format!("Setting user limits to \"{definition}\" for user \"{username}\" ..."),
+        Command::ClearUserLimits { username, limit } => {
+            if limit == "all" {
+                format!("Clearing all limits for user \"{username}\" ...")
+            } else {
+                format!("Clearing \"{limit}\" limit for user \"{username}\" ...")
+            }
+        }
+        Command::ListUserLimits { user } => format!(
+            "Listing limits for user \"{}\" ...",
+            user.as_deref().unwrap_or("guest")
+        ),
         Command::AddVhost { vhost, .. } => format!("Adding vhost \"{vhost}\" ..."),
         Command::DeleteVhost { vhost } => format!("Deleting vhost \"{vhost}\" ..."),
         Command::ListVhosts { .. } => "Listing vhosts ...".into(),
@@ -603,6 +630,18 @@ fn request(cmd: &Command, vhost: &str) -> Result<CtlOp, Failure> {
             name: username.clone(),
             password: read_password(password.clone())?,
         },
+        Command::SetUserLimits {
+            username,
+            definition,
+        } => CtlOp::SetUserLimits {
+            name: username.clone(),
+            definition: definition.clone(),
+        },
+        Command::ClearUserLimits { username, limit } => CtlOp::ClearUserLimits {
+            name: username.clone(),
+            key: limit.clone(),
+        },
+        Command::ListUserLimits { user } => CtlOp::ListUserLimits { name: user.clone() },
         Command::SetUserTags { username, tags } => CtlOp::SetUserTags {
             name: username.clone(),
             tags: tags

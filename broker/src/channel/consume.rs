@@ -208,6 +208,8 @@ impl Channel {
             Some(ok) => {
                 let tag = self.next_tag;
                 self.next_tag += 1;
+                conn.counts.delivered += 1;
+                conn.counts.redelivered += u64::from(ok.redelivered);
                 warren_amqp::frame::encode_get_ok(
                     &mut conn.out,
                     self.id,

@@ -296,7 +296,17 @@ impl Channel {
                         conn.check(Perm::Read, Resource::Queue, &name)?;
                         conn.check(Perm::Write, Resource::Exchange, dlx)?;
                     }
-                    crate::args::validate_queue_args(&name, &vhost, &d.arguments)?
+                    crate::args::validate_queue_args(&name, &vhost, &d.arguments)?;
+                    let over = conn.shared.with_meta(|m| {
+                        let vh = m.vhosts.get(&vhost)?;
+                        let max = vh.limit("max-queues")?;
+                        (vh.queues.len() as u64 >= max).then_some(max)
+                    });
+                    if let Some(max) = over {
+                        return Err(ChannelError::precondition(format!(
+                            "cannot declare queue '{name}': queue limit in vhost '{vhost}' ({max}) is reached"
+                        )));
+                    }
                 }
             }
             conn.shared

@@ -319,6 +319,8 @@ impl Channel {
         }
         let tag = self.next_tag;
         self.next_tag += 1;
+        conn.counts.delivered += 1;
+        conn.counts.redelivered += u64::from(d.redelivered);
         warren_amqp::frame::encode_deliver(
             &mut conn.out,
             self.id,
@@ -362,6 +364,7 @@ impl Channel {
         }
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
+        conn.counts.delivered += 1;
         warren_amqp::frame::encode_deliver(
             &mut conn.out,
             self.id,

@@ -159,6 +159,7 @@ impl Channel {
         // After user_id, as RabbitMQ checks them.
         let mut p = p;
         self.check_extensions(&mut p)?;
+        conn.counts.published += 1;
         if let Some(tx) = self.tx.as_mut() {
             tx.publishes.push(p);
             return Ok(());

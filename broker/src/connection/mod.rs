@@ -65,6 +65,8 @@ pub struct ConnState {
     pub published: bool,
     /// The user's compiled permissions in this vhost.
     pub access: crate::access::AccessCache,
+    /// Messages and bytes since the last flush into the registry entry.
+    pub counts: registry::Counts,
 }
 
 impl ConnState {
@@ -195,6 +197,7 @@ pub async fn serve(shared: Arc<BrokerShared>, transport: Transport) {
         heartbeat: h.heartbeat,
         channels: Default::default(),
         events: events_tx.clone(),
+        stats: Default::default(),
     });
     let _registration = shared.connections.register(entry.clone());
     // A vhost or user deleted during the handshake: do not serve it.
@@ -215,6 +218,7 @@ pub async fn serve(shared: Arc<BrokerShared>, transport: Transport) {
             exclusive_queues: Vec::new(),
             published: false,
             access: Default::default(),
+            counts: Default::default(),
         },
         reader: h.reader,
         buf: h.buf,
@@ -316,7 +320,8 @@ impl Connection {
                     match read {
                         Ok(0) => return End::SocketClosed,
                         Ok(_) if self.unframeable => self.buf.clear(),
-                        Ok(_) => {
+                        Ok(n) => {
+                            self.state.counts.recv_oct += n as u64;
                             self.last_read = Instant::now();
                             let end = self.handle_input().await;
                             self.entry.set_channels(self.channels.len());
@@ -374,7 +379,57 @@ impl Connection {
         paused
     }
 
+    /// RabbitMQ's `max-channels` user limit: channels open on all the user's connections.
+    fn check_user_channel_limit(&self) -> Result<(), ChannelError> {
+        let user = &self.state.user;
+        let max = self.state.shared.with_meta(|m| {
+            m.users
+                .get(&**user)
+                .and_then(|u| u.limits.get("max-channels")?.as_i64())
+        });
+        let Some(max) = max.and_then(|m| u64::try_from(m).ok()) else {
+            return Ok(());
+        };
+        let elsewhere: u64 = self
+            .state
+            .shared
+            .connections
+            .list()
+            .iter()
+            .filter(|c| c.id != self.state.id && c.user == *user)
+            .map(|c| u64::from(c.channels.load(std::sync::atomic::Ordering::Relaxed)))
+            .sum();
+        if elsewhere + self.channels.len() as u64 >= max {
+            return Err(ChannelError::new(
+                ReplyCode::NotAllowed,
+                format!(
+                    "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) {
+        // Large bodies wait in `out_parts`, outside `out`: they count as sent bytes too.
+        let out_len = self.state.out.len() as u64
+            + self
+                .state
+                .out_parts
+                .iter()
+                .map(|p| p.len() as u64)
+                .sum::<u64>();
+        if !self.state.counts.is_empty() {
+            self.state.counts.send_oct += out_len;
+            self.entry
+                .stats
+                .add(&std::mem::take(&mut self.state.counts));
+        } else if out_len > 0 {
+            self.entry.stats.add(&registry::Counts {
+                send_oct: out_len,
+                ..Default::default()
+            });
+        }
         if self.state.out.is_empty() && self.state.out_parts.is_empty() {
             return;
         }
@@ -566,6 +621,7 @@ impl Connection {
                             ),
                         ));
                     }
+                    self.check_user_channel_limit()?;
                     let epoch = self.next_epoch;
                     self.next_epoch += 1;
                     let ch = Channel::new(channel, epoch, &self.state);

@@ -6,7 +6,7 @@
 use crate::delivery::{ConnEvent, ConnSender};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::oneshot;
@@ -44,6 +44,86 @@ pub struct ConnectionEntry {
     pub channels: AtomicU32,
     /// The connection task's event queue, for closing and inspecting it.
     pub(crate) events: ConnSender,
+    /// What the connection has carried so far.
+    pub stats: Counters,
+}
+
+/// Message and byte counts, added up by each connection task from its plain
+/// [`Counts`] once per loop turn (so the per-message path touches no shared cache line).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages published (accepted for routing).
+    pub published: AtomicU64,
+    /// Messages delivered to consumers or fetched with basic.get.
+    pub delivered: AtomicU64,
+    /// Of those, deliveries flagged redelivered.
+    pub redelivered: AtomicU64,
+    /// Bytes read from the socket.
+    pub recv_oct: AtomicU64,
+    /// Bytes handed to the socket writer.
+    pub send_oct: AtomicU64,
+}
+
+/// A connection task's own counts since its last flush into [`Counters`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    /// Messages published.
+    pub published: u64,
+    /// Messages delivered or fetched.
+    pub delivered: u64,
+    /// Deliveries flagged redelivered.
+    pub redelivered: u64,
+    /// Bytes read.
+    pub recv_oct: u64,
+    /// Bytes written.
+    pub send_oct: u64,
+}
+
+impl Counters {
+    /// Adds `c` (and leaves the caller to reset it).
+    pub fn add(&self, c: &Counts) {
+        for (a, v) in [
+            (&self.published, c.published),
+            (&self.delivered, c.delivered),
+            (&self.redelivered, c.redelivered),
+            (&self.recv_oct, c.recv_oct),
+            (&self.send_oct, c.send_oct),
+        ] {
+            if v > 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            published: self.published.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            redelivered: self.redelivered.load(Ordering::Relaxed),
+            recv_oct: self.recv_oct.load(Ordering::Relaxed),
+            send_oct: self.send_oct.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Counts {
+    /// True when nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.published == 0
+            && self.delivered == 0
+            && self.redelivered == 0
+            && self.recv_oct == 0
+            && self.send_oct == 0
+    }
+
+    fn merge(&mut self, o: &Counts) {
+        self.published += o.published;
+        self.delivered += o.delivered;
+        self.redelivered += o.redelivered;
+        self.recv_oct += o.recv_oct;
+        self.send_oct += o.send_oct;
+    }
 }
 
 impl ConnectionEntry {
@@ -70,6 +150,10 @@ impl ConnectionEntry {
 pub struct ConnectionRegistry {
     /// Entries by id. A std mutex: held only to insert, remove or copy the list out.
     entries: Mutex<HashMap<u64, Arc<ConnectionEntry>>>,
+    /// What connections that have closed carried, so node totals never go down.
+    closed: Counters,
+    /// Connections opened since the node started.
+    opened: AtomicU64,
 }
 
 /// Removes its connection from the registry when dropped.
@@ -80,11 +164,15 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry
+        let gone = self
+            .registry
             .entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
+        if let Some(e) = gone {
+            self.registry.closed.add(&e.stats.snapshot());
+        }
     }
 }
 
@@ -92,6 +180,7 @@ impl ConnectionRegistry {
     /// Adds a connection; it stays until the returned guard is dropped.
     pub fn register(self: &Arc<Self>, entry: Arc<ConnectionEntry>) -> Registration {
         let id = entry.id;
+        self.opened.fetch_add(1, Ordering::Relaxed);
         self.entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -113,6 +202,20 @@ impl ConnectionRegistry {
             .collect();
         all.sort_by_key(|e| e.id);
         all
+    }
+
+    /// Node totals: every open connection's counters plus those of closed ones.
+    pub fn totals(&self) -> Counts {
+        let mut t = self.closed.snapshot();
+        for e in self.list() {
+            t.merge(&e.stats.snapshot());
+        }
+        t
+    }
+
+    /// Connections opened since the node started.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     /// How many connections are open.

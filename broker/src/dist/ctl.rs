@@ -51,6 +51,25 @@ pub enum CtlOp {
     },
     /// Lists users.
     ListUsers,
+    /// Replaces a user's limits (`max-connections`, `max-channels`).
+    SetUserLimits {
+        /// User.
+        name: String,
+        /// The limits, JSON text.
+        definition: String,
+    },
+    /// Removes one of a user's limits, or `all`.
+    ClearUserLimits {
+        /// User.
+        name: String,
+        /// The limit's name, or `all`.
+        key: String,
+    },
+    /// Shows a user's limits (the default user's when none is named).
+    ListUserLimits {
+        /// User.
+        name: Option<String>,
+    },
     /// Creates a vhost (idempotent).
     AddVhost {
         /// Name.
@@ -319,6 +338,9 @@ fn select(
 ) -> Result<Table, RemoteError> {
     let columns: Vec<String> = if columns.is_empty() {
         default.iter().map(|c| c.to_string()).collect()
+    } else if columns.len() == 1 && columns[0] == "*" {
+        // Every column (the HTTP API shows whole objects).
+        valid.iter().map(|c| c.to_string()).collect()
     } else {
         columns.to_vec()
     };
@@ -439,6 +461,42 @@ pub async fn handle(shared: &Arc<BrokerShared>, op: CtlOp) -> Result<Reply, Remo
             user.tags = tags;
             execute(shared, MetaCommand::PutUser(user)).await?;
             Ok(Reply::Done)
+        }
+        CtlOp::SetUserLimits { name, definition } => {
+            let limits = parse_json(&definition)?;
+            crate::policy::validate_limits(
+                "user-limits",
+                &["max-connections", "max-channels"],
+                &limits,
+            )
+            .map_err(RemoteError::unavailable)?;
+            let Some(mut user) = shared.with_meta(|m| m.users.get(&name).cloned()) else {
+                return Err(user_missing(&name));
+            };
+            user.limits = limits;
+            execute(shared, MetaCommand::PutUser(user)).await?;
+            Ok(Reply::Done)
+        }
+        CtlOp::ClearUserLimits { name, key } => {
+            let Some(mut user) = shared.with_meta(|m| m.users.get(&name).cloned()) else {
+                return Err(user_missing(&name));
+            };
+            match (key.as_str(), user.limits.as_object_mut()) {
+                ("all", _) | (_, None) => user.limits = json!({}),
+                (k, Some(o)) => {
+                    o.remove(k);
+                }
+            }
+            execute(shared, MetaCommand::PutUser(user)).await?;
+            Ok(Reply::Done)
+        }
+        CtlOp::ListUserLimits { name } => {
+            let name = name.unwrap_or_else(|| shared.config.default_user.clone());
+            let Some(limits) = shared.with_meta(|m| m.users.get(&name).map(|u| u.limits.clone()))
+            else {
+                return Err(user_missing(&name));
+            };
+            Ok(Reply::Message(limits.to_string()))
         }
         CtlOp::ListUsers => {
             let rows = shared.with_meta(|m| {
@@ -962,6 +1020,11 @@ pub async fn handle(shared: &Arc<BrokerShared>, op: CtlOp) -> Result<Reply, Remo
         } => {
             require_vhost(shared, &vhost)?;
             let value = parse_json(&value)?;
+            if component == "vhost-limits" {
+                let keys = ["max-connections", "max-queues"];
+                crate::policy::validate_limits(&component, &keys, &value)
+                    .map_err(RemoteError::unavailable)?;
+            }
             execute(
                 shared,
                 MetaCommand::SetParameter(crate::meta::ParameterDef {

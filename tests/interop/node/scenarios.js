@@ -473,6 +473,84 @@ function scenarios(api) {
       await conn.close();
     },
 
+    'dead-lettering': async () => {
+      const conn = await connect();
+      const ch = await open(conn);
+      const dlx = name('dlx');
+      await ch.assertExchange(dlx, 'fanout', {autoDelete: true, durable: false});
+      const dead = name('dead');
+      await ch.assertQueue(dead, {exclusive: true});
+      await ch.bindQueue(dead, dlx, '');
+      const src = name('src');
+      await ch.assertQueue(src, {exclusive: true, deadLetterExchange: dlx, messageTtl: 60000});
+      ch.sendToQueue(src, Buffer.from('expires'), {expiration: '20', headers: {k: 1}});
+      let m = await getOne(ch, dead);
+      assert.equal(m.content.toString(), 'expires', 'expired message dead-lettered');
+      const h = m.properties.headers;
+      assert.equal(h.k, 1, 'original headers kept');
+      assert.equal(h['x-death'].length, 1, 'one x-death entry');
+      const d = h['x-death'][0];
+      assert.deepEqual(
+        [d.count, d.reason, d.queue, d.exchange, d['routing-keys'], d['original-expiration']],
+        [1, 'expired', src, '', [src], '20'],
+        'x-death entry for the expiry',
+      );
+      assert.equal(m.properties.expiration, undefined, 'expiration removed');
+      assert.deepEqual(
+        [h['x-first-death-reason'], h['x-first-death-queue'], h['x-first-death-exchange']],
+        ['expired', src, ''],
+        'x-first-death headers',
+      );
+      ch.ack(m);
+      ch.sendToQueue(src, Buffer.from('rejected'));
+      m = await getOne(ch, src);
+      ch.reject(m, false);
+      m = await getOne(ch, dead);
+      assert.equal(m.content.toString(), 'rejected', 'rejected message dead-lettered');
+      const r = m.properties.headers['x-death'][0];
+      assert.deepEqual([r.count, r.reason, r.queue], [1, 'rejected', src], 'x-death entry for the reject');
+      ch.ack(m);
+      await conn.close();
+    },
+
+    'direct-reply-to': async () => {
+      const conn = await connect();
+      const rq = name('rpc');
+      let ch = await open(conn);
+      await ch.assertQueue(rq, {exclusive: false, autoDelete: false, durable: false});
+      ch.sendToQueue(rq, Buffer.from('x'), {replyTo: 'amq.rabbitmq.reply-to'});
+      await expectClose(
+        ch.checkQueue(rq),
+        406,
+        'PRECONDITION_FAILED - fast reply consumer does not exist',
+        'reply-to without the pseudo-queue consumer',
+      );
+      ch = await open(conn);
+      const replies = new Deliveries();
+      await ch.consume('amq.rabbitmq.reply-to', replies.push, {noAck: true});
+      const server = await connect();
+      const sch = await open(server);
+      for (let i = 0; i < 3; i++) {
+        ch.sendToQueue(rq, Buffer.from(`req-${i}`), {replyTo: 'amq.rabbitmq.reply-to', correlationId: `c${i}`});
+      }
+      for (let i = 0; i < 3; i++) {
+        const m = await getOne(sch, rq);
+        assert.match(m.properties.replyTo, /^amq\.rabbitmq\.reply-to\./, 'the server sees a reply name');
+        sch.sendToQueue(m.properties.replyTo, Buffer.from(`re:${m.content}`), {correlationId: m.properties.correlationId});
+        sch.ack(m);
+      }
+      const got = [];
+      for (let i = 0; i < 3; i++) {
+        const r = await replies.next(`reply ${i}`);
+        got.push([r.properties.correlationId, r.content.toString()]);
+      }
+      got.sort();
+      assert.deepEqual(got, [['c0', 're:req-0'], ['c1', 're:req-1'], ['c2', 're:req-2']], 'replies');
+      await sch.deleteQueue(rq, {});
+      await server.close();
+      await conn.close();
+    },
+
     'consumer-cancel': async () => {
       const conn = await connect();
       const ch = await open(conn);

@@ -483,6 +483,90 @@ def consumer_cancel():
     conn.close()
 
 
+@scenario("dead-lettering")
+def dead_lettering():
+    conn = connect()
+    ch = conn.channel()
+    dlx = name("dlx")
+    ch.exchange_declare(dlx, "fanout", auto_delete=True)
+    dead = ch.queue_declare(name("dead"), exclusive=True).method.queue
+    ch.queue_bind(dead, dlx)
+    src = ch.queue_declare(
+        name("src"),
+        exclusive=True,
+        arguments={"x-dead-letter-exchange": dlx, "x-message-ttl": 60000},
+    ).method.queue
+    # Expired by a per-message TTL shorter than the queue's.
+    ch.basic_publish("", src, b"expires", pika.BasicProperties(expiration="20", headers={"k": 1}))
+    m, props, body = get_one(ch, dead)
+    eq(body, b"expires", "expired message dead-lettered")
+    h = props.headers
+    eq(h.get("k"), 1, "original headers kept")
+    death = h["x-death"]
+    eq(len(death), 1, "one x-death entry")
+    d = death[0]
+    eq((d["count"], d["reason"], d["queue"], d["exchange"], d["routing-keys"]),
+       (1, "expired", src, "", [src]), "x-death entry for the expiry")
+    eq(d.get("original-expiration"), "20", "the per-message TTL kept as original-expiration")
+    check(props.expiration is None, "expiration removed from the dead-lettered message")
+    eq((h["x-first-death-reason"], h["x-first-death-queue"], h["x-first-death-exchange"]),
+       ("expired", src, ""), "x-first-death headers")
+    ch.basic_ack(m.delivery_tag)
+    # Rejected without requeue: a second entry with reason rejected, count per (queue, reason).
+    ch.basic_publish("", src, b"rejected")
+    m, _, body = get_one(ch, src)
+    eq(body, b"rejected", "the message to reject")
+    ch.basic_reject(m.delivery_tag, requeue=False)
+    m, props, body = get_one(ch, dead)
+    eq(body, b"rejected", "rejected message dead-lettered")
+    d = props.headers["x-death"][0]
+    eq((d["count"], d["reason"], d["queue"]), (1, "rejected", src), "x-death entry for the reject")
+    ch.basic_ack(m.delivery_tag)
+    conn.close()
+
+
+@scenario("direct-reply-to")
+def direct_reply_to():
+    conn = connect()
+    ch = conn.channel()
+    rq = ch.queue_declare(name("rpc")).method.queue
+    # Without a consumer on amq.rabbitmq.reply-to, a request naming it is refused.
+    code, text = close_code(
+        lambda: (
+            ch.basic_publish("", rq, b"x", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to")),
+            ch.queue_declare(rq, passive=True),
+        )
+    )
+    eq((code, text), (406, "PRECONDITION_FAILED - fast reply consumer does not exist"),
+       "reply-to without the pseudo-queue consumer")
+    ch = conn.channel()
+    replies = []
+    ch.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, b: replies.append((p, b)),
+                     auto_ack=True)
+    server_conn = connect()
+    sch = server_conn.channel()
+    for i in range(3):
+        ch.basic_publish("", rq, b"req-%d" % i,
+                         pika.BasicProperties(reply_to="amq.rabbitmq.reply-to",
+                                              correlation_id="c%d" % i))
+    handled = 0
+    while handled < 3:
+        m, props, body = get_one(sch, rq)
+        check(props.reply_to.startswith("amq.rabbitmq.reply-to."),
+              "the server sees a reply name, got %r" % props.reply_to)
+        sch.basic_publish("", props.reply_to, b"re:" + body,
+                          pika.BasicProperties(correlation_id=props.correlation_id))
+        sch.basic_ack(m.delivery_tag)
+        handled += 1
+    wait_until(lambda: len(replies) == 3, 5, "3 replies", step=lambda: conn.process_data_events(0.05))
+    eq(sorted((p.correlation_id, b) for p, b in replies),
+       [("c0", b"re:req-0"), ("c1", b"re:req-1"), ("c2", b"re:req-2")], "replies")
+    sch.queue_delete(rq)
+    server_conn.close()
+    conn.close()
+
+
+
 @scenario("recovery")
 def recovery():
     params = pika.URLParameters(URL)

@@ -871,3 +871,153 @@ async fn deleting_a_vhost_closes_its_connections_and_deletes_its_contents() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhost_limits_refuse_connections_and_queues_over_the_limit() {
+    let broker = TestBroker::start().await;
+    let t = Tenant::new(&broker, [".*", ".*", ".*"]).await;
+    broker
+        .admin_ok(&[
+            "set_vhost_limits",
+            "-p",
+            &t.vhost,
+            r#"{"max-connections": 1, "max-queues": 1}"#,
+        ])
+        .await;
+    let conn = t.connect(&broker).await;
+    let q1 = unique("c-limited");
+    let declare = |name: String| {
+        move |ch: Channel| async move {
+            ch.queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        }
+    };
+    assert_eq!(attempt(&conn, declare(q1.clone())).await, Ok(()));
+    // Redeclaring an existing queue is not a new queue.
+    assert_eq!(attempt(&conn, declare(q1.clone())).await, Ok(()));
+    let q2 = unique("c-over");
+    assert_eq!(
+        attempt(&conn, declare(q2.clone())).await,
+        Err((
+            406,
+            format!(
+                "PRECONDITION_FAILED - cannot declare queue '{q2}': queue limit in vhost '{}' (1) is reached",
+                t.vhost
+            )
+        ))
+    );
+    let second = Connection::connect(
+        &broker.uri_for(&t.user, &t.pass, &t.vhost),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect_err("over the connection limit");
+    match second.kind() {
+        lapin::ErrorKind::ProtocolError(p) => {
+            assert_eq!(p.get_id(), 530);
+            assert_eq!(
+                p.get_message().to_string(),
+                format!(
+                    "NOT_ALLOWED - access to vhost '{}' refused for user '{}': connection limit (1) is reached",
+                    t.vhost, t.user
+                )
+            );
+        }
+        other => panic!("expected connection.close 530, got {other:?}"),
+    }
+    // A negative limit is no limit.
+    broker
+        .admin_ok(&[
+            "set_vhost_limits",
+            "-p",
+            &t.vhost,
+            r#"{"max-connections": -1, "max-queues": -1}"#,
+        ])
+        .await;
+    let again = t.connect(&broker).await;
+    assert_eq!(attempt(&again, declare(q2)).await, Ok(()));
+    let _ = again.close(200, "bye".into()).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_limits_refuse_connections_and_channels_over_the_limit() {
+    let broker = TestBroker::start().await;
+    let t = Tenant::new(&broker, [".*", ".*", ".*"]).await;
+    let bad = broker
+        .admin(&["set_user_limits", &t.user, r#"{"max-conns": 1}"#])
+        .await;
+    assert_eq!(bad.code, 69, "{bad:?}");
+    assert!(
+        bad.stderr
+            .contains(r#"Unrecognised terms [{<<"max-conns">>,1}] in user-limits"#),
+        "{bad:?}"
+    );
+    broker
+        .admin_ok(&[
+            "set_user_limits",
+            &t.user,
+            r#"{"max-connections": 2, "max-channels": 2}"#,
+        ])
+        .await;
+    let a = t.connect(&broker).await;
+    let b = t.connect(&broker).await;
+    let refused = Connection::connect(
+        &broker.uri_for(&t.user, &t.pass, &t.vhost),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect_err("over the connection limit");
+    match refused.kind() {
+        lapin::ErrorKind::ProtocolError(p) => assert_eq!(
+            (p.get_id(), p.get_message().to_string()),
+            (
+                530,
+                format!(
+                    "NOT_ALLOWED - connection refused for user '{}': user connection limit (2) is reached",
+                    t.user
+                )
+            )
+        ),
+        other => panic!("expected connection.close 530, got {other:?}"),
+    }
+    let _a1 = a.create_channel().await.expect("first channel");
+    let _b1 = b.create_channel().await.expect("second channel");
+    let third = within(5, "channel.open", a.create_channel())
+        .await
+        .expect_err("over the channel limit");
+    match third.kind() {
+        lapin::ErrorKind::ProtocolError(p) => assert_eq!(
+            (p.get_id(), p.get_message().to_string()),
+            (
+                530,
+                format!(
+                    "NOT_ALLOWED - number of channels opened for user '{}' has reached the maximum allowed user limit of (2)",
+                    t.user
+                )
+            )
+        ),
+        other => panic!("expected connection.close 530, got {other:?}"),
+    }
+    let limits = broker
+        .admin_ok(&["list_user_limits", "--user", &t.user, "-q"])
+        .await;
+    assert!(
+        limits.contains(r#""max-channels":2"#) && limits.contains(r#""max-connections":2"#),
+        "{limits}"
+    );
+    broker
+        .admin_ok(&["clear_user_limits", &t.user, "all"])
+        .await;
+    let c = t.connect(&broker).await;
+    let _ = c.create_channel().await.expect("no limit any more");
+    let _ = b.close(200, "bye".into()).await;
+    let _ = c.close(200, "bye".into()).await;
+}

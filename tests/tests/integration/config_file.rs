@@ -143,12 +143,12 @@ async fn file_then_environment_then_flags() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let (file_port, env_port, flag_port) = (free_port(), free_port(), free_port());
-    let dist = free_port();
+    let (dist, http) = (free_port(), free_port());
     let config = write(
         dir.path(),
         "warren.toml",
         &format!(
-            "port = {file_port}\ndist_port = {dist}\ndefault_user = \"admin\"\ndefault_pass = \"from-file\"\ndata_dir = \"data\"\ncookie_file = \"cookie\"\n"
+            "port = {file_port}\ndist_port = {dist}\nhttp_port = {http}\ndefault_user = \"admin\"\ndefault_pass = \"from-file\"\ndata_dir = \"data\"\ncookie_file = \"cookie\"\n"
         ),
     );
     // File alone.

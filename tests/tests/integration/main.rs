@@ -13,6 +13,7 @@ mod definitions;
 mod durability;
 mod exchanges;
 mod extensions;
+mod http_api;
 mod perf;
 mod policies;
 mod queues;
