@@ -446,6 +446,7 @@ impl BrokerShared {
         let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
         let durable = cmd.is_durable(&meta);
         let record = durable.then(|| encode_command(&cmd));
+        let hint = RouteHint::of(&cmd);
         let changes = meta.apply(cmd)?;
         // Logged under the lock, so the log has the order the changes were applied in.
         let rx = record.map(|record| {
@@ -458,11 +459,17 @@ impl BrokerShared {
             );
             rx
         });
-        self.react(&meta, changes);
+        self.react_with(&meta, changes, hint);
         Ok(rx)
     }
 
     fn react(&self, meta: &Metadata, changes: Vec<Change>) {
+        self.react_with(meta, changes, None)
+    }
+
+    /// `react`, told what the command was where that saves work (a new binding updates its
+    /// exchange's routing table instead of rebuilding it).
+    fn react_with(&self, meta: &Metadata, changes: Vec<Change>, hint: Option<RouteHint>) {
         for change in changes {
             match change {
                 Change::VhostAdded(name) => {
@@ -496,10 +503,23 @@ impl BrokerShared {
                     let Some(def) = vm.exchanges.get(&name) else {
                         continue;
                     };
-                    let route = Arc::new(
+                    // A binding added to an exchange already routing: updated in place (in
+                    // O(log n)) where the exchange type allows it, else rebuilt.
+                    let added = match &hint {
+                        Some(RouteHint::Bound { vhost: v, binding })
+                            if *v == vhost && binding.source == name =>
+                        {
+                            vh.routes()
+                                .exchanges
+                                .get(name.as_str())
+                                .and_then(|r| r.with_binding(binding))
+                        }
+                        _ => None,
+                    };
+                    let route = Arc::new(added.unwrap_or_else(|| {
                         ExchangeRoute::build(def, vm.bindings_from(&name))
-                            .with_alternate(vm.alternate_exchange(def)),
-                    );
+                            .with_alternate(vm.alternate_exchange(def))
+                    }));
                     vh.update(|r| {
                         r.exchanges.insert(Arc::from(name.as_str()), route);
                     });
@@ -594,6 +614,27 @@ impl BrokerShared {
                     }
                 }
             }
+        }
+    }
+}
+
+/// What a command changed, for the routing reaction.
+enum RouteHint {
+    /// A binding was added.
+    Bound {
+        vhost: String,
+        binding: crate::meta::BindingDef,
+    },
+}
+
+impl RouteHint {
+    fn of(cmd: &MetaCommand) -> Option<RouteHint> {
+        match cmd {
+            MetaCommand::Bind { vhost, binding } => Some(RouteHint::Bound {
+                vhost: vhost.clone(),
+                binding: binding.clone(),
+            }),
+            _ => None,
         }
     }
 }
