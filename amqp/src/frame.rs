@@ -419,6 +419,14 @@ pub fn encode_body(out: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32
     }
 }
 
+/// Appends the start of a body frame whose `len` payload bytes the caller writes from
+/// elsewhere (a vectored write of the body's own buffer), followed by [`FRAME_END`].
+pub fn encode_body_frame_start(out: &mut BytesMut, channel: u16, len: u32) {
+    out.put_u8(FRAME_BODY);
+    out.put_u16(channel);
+    out.put_u32(len);
+}
+
 /// Appends a heartbeat frame.
 pub fn encode_heartbeat(out: &mut BytesMut) {
     out.put_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);

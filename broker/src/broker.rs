@@ -6,6 +6,8 @@
 //! snapshot, and every durable queue started with what its messages on disk are.
 
 use crate::alarm::{self, Alarms};
+use crate::cluster::raft_store::RaftDisk;
+use crate::cluster::{Cluster, ClusterFile, Identity, Request};
 use crate::config::Config;
 use crate::error::ChannelError;
 use crate::exchange::ExchangeRoute;
@@ -56,6 +58,16 @@ pub struct BrokerShared {
     pub replies: crate::direct_reply::ReplyRegistry,
     /// The node's shovels, set once the AMQP listener is bound (see `shovel::start`).
     pub shovels: std::sync::OnceLock<warren_shovel::Shovels>,
+    /// Who this node is to a cluster (known even while standalone, to found one).
+    pub identity: Identity,
+    /// The Raft member, while the node is clustered. A std mutex: only held to clone it.
+    cluster: Mutex<Option<Arc<Cluster>>>,
+    /// Where a disc node keeps its Raft state.
+    raft_disk: Mutex<Option<RaftDisk>>,
+    /// Serializes founding a cluster.
+    founding: tokio::sync::Mutex<()>,
+    /// Links, channels and proxies for queues on other nodes.
+    pub remote: crate::cluster::remote_queue::Registry,
     next_id: AtomicU64,
     me: Weak<BrokerShared>,
 }
@@ -89,14 +101,31 @@ fn encode_command(cmd: &MetaCommand) -> Vec<u8> {
 impl BrokerShared {
     /// Opens the store under the data directory, recovers definitions and messages, and
     /// starts every durable queue.
-    pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
+    pub async fn start(config: Config, identity: Identity) -> Result<Arc<Self>, StartError> {
         let dir = config.data_dir.clone();
+        let clustered = crate::cluster::read_cluster_file(&config.data_dir);
         let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
             .await
             .map_err(|e| StartError::Task(e.to_string()))?
             .map_err(StartError::Store)?;
+        let (db, ks) = Store::raft_keyspace(&opened).map_err(StartError::Store)?;
+        let raft_disk = RaftDisk::new(db, ks);
+        if clustered.as_ref().is_some_and(|c| c.ram) {
+            // A RAM node keeps no Raft state on disk: whatever a disc past left goes.
+            let d = raft_disk.clone();
+            tokio::task::spawn_blocking(move || d.clear())
+                .await
+                .map_err(|e| StartError::Task(e.to_string()))?
+                .map_err(|e| StartError::Task(format!("failed to clear the Raft state: {e}")))?;
+        }
         let mut commands = Vec::with_capacity(opened.meta_log.len());
-        for (i, record) in opened.meta_log.iter().enumerate() {
+        // A clustered node's definitions come from the Raft log, not the standalone log.
+        let meta_log = if clustered.is_some() {
+            &[][..]
+        } else {
+            &opened.meta_log[..]
+        };
+        for (i, record) in meta_log.iter().enumerate() {
             match serde_json::from_slice::<MetaCommand>(record) {
                 Ok(cmd) => commands.push(cmd),
                 Err(e) => {
@@ -107,7 +136,7 @@ impl BrokerShared {
         let fresh = commands.is_empty();
         let mut meta = Metadata::replay(&commands);
         meta.retain_durable();
-        if fresh {
+        if fresh && clustered.is_none() {
             for cmd in default_definitions(&config) {
                 let _ = meta.apply(cmd);
             }
@@ -118,11 +147,13 @@ impl BrokerShared {
             .flat_map(|(v, vh)| vh.queues.values().map(move |q| q.store_id(v)))
             .collect();
         let compacted: Vec<Vec<u8>> = meta.snapshot().iter().map(encode_command).collect();
-        let (store, recovered) =
-            tokio::task::spawn_blocking(move || opened.recover(&keep, &compacted))
-                .await
-                .map_err(|e| StartError::Task(e.to_string()))?
-                .map_err(StartError::Store)?;
+        let keep_all = clustered.is_some();
+        let (store, recovered) = tokio::task::spawn_blocking(move || {
+            opened.recover((!keep_all).then_some(&keep), &compacted)
+        })
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))?
+        .map_err(StartError::Store)?;
         let messages: u64 = recovered.values().map(|q| q.count).sum();
         tracing::info!(
             vhosts = meta.vhosts.len(),
@@ -163,9 +194,26 @@ impl BrokerShared {
             stopped: CancellationToken::new(),
             replies: Default::default(),
             shovels: std::sync::OnceLock::new(),
-            next_id: AtomicU64::new(1),
+            // Connection ids are unique in a cluster (exclusive queue owners are replicated).
+            next_id: AtomicU64::new(if clustered.is_some() {
+                ((crate::cluster::node_id(&identity.me.name) & 0xffff) << 40) | 1
+            } else {
+                1
+            }),
+            identity,
+            cluster: Mutex::new(None),
+            raft_disk: Mutex::new(Some(raft_disk.clone())),
+            founding: tokio::sync::Mutex::new(()),
+            remote: Default::default(),
             me: me.clone(),
         });
+        if let Some(file) = clustered {
+            // The Raft member re-applies the committed log: definitions and queues return.
+            let disk = (!file.ram).then_some(raft_disk);
+            let cluster = Cluster::start(&shared, &shared.identity, disk).await?;
+            *shared.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster);
+            return Ok(shared);
+        }
         // Rebuild the run-time state by applying the recovered definitions (not logged again).
         for cmd in meta.snapshot() {
             let mut m = shared.meta.lock().unwrap_or_else(|e| e.into_inner());
@@ -208,9 +256,163 @@ impl BrokerShared {
         f(&self.meta.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The Raft member, when the node is clustered.
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Detaches the Raft member (the application stops).
+    pub fn take_cluster(&self) -> Option<Arc<Cluster>> {
+        self.raft_disk
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Makes this standalone node the first member of a cluster, its definitions the
+    /// cluster's (another node is joining it).
+    pub async fn found_cluster(
+        self: &Arc<Self>,
+    ) -> Result<Arc<Cluster>, crate::dist::protocol::RemoteError> {
+        use crate::dist::protocol::RemoteError;
+        let _g = self.founding.lock().await;
+        if let Some(c) = self.cluster() {
+            return Ok(c);
+        }
+        let disk = self
+            .raft_disk
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        crate::cluster::write_cluster_file(
+            &self.config.data_dir,
+            &ClusterFile {
+                ram: false,
+                members: vec![self.identity.me.clone()],
+            },
+        )
+        .map_err(|e| RemoteError::software(format!("failed to write cluster.json: {e}")))?;
+        let cluster = Cluster::start(self, &self.identity, disk)
+            .await
+            .map_err(|e| RemoteError::software(e.to_string()))?;
+        // From now on changes go through Raft (refused until the cluster has its leader).
+        *self.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster.clone());
+        let mut seed = self.with_meta(|m| m.snapshot());
+        for cmd in &mut seed {
+            self.set_home(cmd);
+        }
+        if let Err(e) = cluster.found(seed).await {
+            let _ = crate::cluster::remove_cluster_file(&self.config.data_dir);
+            self.take_cluster();
+            cluster.shutdown().await;
+            return Err(e);
+        }
+        tracing::info!(node = %self.identity.me.name, "formed a cluster");
+        Ok(cluster)
+    }
+
+    /// A queue declared on this node lives here.
+    fn set_home(&self, cmd: &mut MetaCommand) {
+        if let MetaCommand::DeclareQueue { def, .. } = cmd {
+            if def.node.is_none() {
+                def.node = Some(self.identity.me.name.clone());
+            }
+        }
+    }
+
+    /// Applies a command the cluster committed (every node, in log order).
+    pub fn apply_replicated(&self, cmd: MetaCommand) -> Result<(), ChannelError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let changes = meta.apply(cmd)?;
+        self.react(&meta, changes);
+        Ok(())
+    }
+
+    /// Replaces the definitions by `commands`' (a snapshot, or the seed of a cluster),
+    /// reacting to the difference: what is gone is removed, what is new is started, what
+    /// both have keeps running.
+    pub fn replace_metadata(&self, commands: Vec<MetaCommand>) {
+        let new = Metadata::replay(&commands);
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::replace(&mut *meta, new);
+        let mut changes = Vec::new();
+        for (vname, ovh) in &old.vhosts {
+            let nvh = meta.vhosts.get(vname);
+            for (qname, q) in &ovh.queues {
+                if nvh
+                    .and_then(|v| v.queues.get(qname))
+                    .is_none_or(|n| n.uid != q.uid)
+                {
+                    changes.push(Change::QueueRemoved {
+                        vhost: vname.clone(),
+                        name: qname.clone(),
+                    });
+                }
+            }
+            match nvh {
+                None => changes.push(Change::VhostRemoved(vname.clone())),
+                Some(nvh) => {
+                    for xname in ovh.exchanges.keys() {
+                        if !nvh.exchanges.contains_key(xname) {
+                            changes.push(Change::ExchangeRemoved {
+                                vhost: vname.clone(),
+                                name: xname.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for user in old.users.keys() {
+            if !meta.users.contains_key(user) {
+                changes.push(Change::UserRemoved(user.clone()));
+            }
+        }
+        for (vname, nvh) in &meta.vhosts {
+            let ovh = old.vhosts.get(vname);
+            if ovh.is_none() {
+                changes.push(Change::VhostAdded(vname.clone()));
+            }
+            for xname in nvh.exchanges.keys() {
+                changes.push(Change::ExchangeChanged {
+                    vhost: vname.clone(),
+                    name: xname.clone(),
+                });
+            }
+            for (qname, q) in &nvh.queues {
+                if ovh
+                    .and_then(|v| v.queues.get(qname))
+                    .is_none_or(|o| o.uid != q.uid)
+                {
+                    changes.push(Change::QueueAdded {
+                        vhost: vname.clone(),
+                        def: q.clone(),
+                    });
+                }
+            }
+            changes.push(Change::PoliciesChanged {
+                vhost: vname.clone(),
+            });
+        }
+        changes.push(Change::PermissionsChanged);
+        self.react(&meta, changes);
+    }
+
     /// Applies a definition change, updates the run-time state to match, and — for a
-    /// change that survives a restart — returns once it is durable in the log.
-    pub async fn execute(&self, cmd: MetaCommand) -> Result<(), ChannelError> {
+    /// change that survives a restart — returns once it is durable in the log. On a
+    /// clustered node the change goes through the cluster's log first.
+    pub async fn execute(&self, mut cmd: MetaCommand) -> Result<(), ChannelError> {
+        if let Some(cluster) = self.cluster() {
+            self.set_home(&mut cmd);
+            return cluster.write(Request::Meta(cmd)).await;
+        }
         let Some(rx) = self.execute_logged(cmd)? else {
             return Ok(());
         };
@@ -225,7 +427,16 @@ impl BrokerShared {
 
     /// Like `execute`, without waiting for the log write (for changes the node makes itself,
     /// such as deleting an auto-delete queue).
-    pub fn execute_in_background(&self, cmd: MetaCommand) {
+    pub fn execute_in_background(&self, mut cmd: MetaCommand) {
+        if let Some(cluster) = self.cluster() {
+            self.set_home(&mut cmd);
+            tokio::spawn(async move {
+                if let Err(e) = cluster.write(Request::Meta(cmd)).await {
+                    tracing::debug!(error = %e, "background definition change refused");
+                }
+            });
+            return;
+        }
         if let Err(e) = self.execute_logged(cmd) {
             tracing::debug!(error = %e, "background definition change refused");
         }
@@ -238,6 +449,7 @@ impl BrokerShared {
         let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
         let durable = cmd.is_durable(&meta);
         let record = durable.then(|| encode_command(&cmd));
+        let hint = RouteHint::of(&cmd);
         let changes = meta.apply(cmd)?;
         // Logged under the lock, so the log has the order the changes were applied in.
         let rx = record.map(|record| {
@@ -250,11 +462,17 @@ impl BrokerShared {
             );
             rx
         });
-        self.react(&meta, changes);
+        self.react_with(&meta, changes, hint);
         Ok(rx)
     }
 
     fn react(&self, meta: &Metadata, changes: Vec<Change>) {
+        self.react_with(meta, changes, None)
+    }
+
+    /// `react`, told what the command was where that saves work (a new binding updates its
+    /// exchange's routing table instead of rebuilding it).
+    fn react_with(&self, meta: &Metadata, changes: Vec<Change>, hint: Option<RouteHint>) {
         for change in changes {
             match change {
                 Change::VhostAdded(name) => {
@@ -296,10 +514,23 @@ impl BrokerShared {
                     let Some(def) = vm.exchanges.get(&name) else {
                         continue;
                     };
-                    let route = Arc::new(
+                    // A binding added to an exchange already routing: updated in place (in
+                    // O(log n)) where the exchange type allows it, else rebuilt.
+                    let added = match &hint {
+                        Some(RouteHint::Bound { vhost: v, binding })
+                            if *v == vhost && binding.source == name =>
+                        {
+                            vh.routes()
+                                .exchanges
+                                .get(name.as_str())
+                                .and_then(|r| r.with_binding(binding))
+                        }
+                        _ => None,
+                    };
+                    let route = Arc::new(added.unwrap_or_else(|| {
                         ExchangeRoute::build(def, vm.bindings_from(&name))
-                            .with_alternate(vm.alternate_exchange(def)),
-                    );
+                            .with_alternate(vm.alternate_exchange(def))
+                    }));
                     vh.update(|r| {
                         r.exchanges.insert(Arc::from(name.as_str()), route);
                     });
@@ -316,6 +547,20 @@ impl BrokerShared {
                         continue;
                     };
                     let settings = vm.queue_settings(&def, self.config.consumer_timeout_ms);
+                    if let Some(home) = def.node.as_ref().filter(|n| **n != self.identity.me.name) {
+                        // Homed on another node: its actor runs there, this node forwards.
+                        let handle = crate::cluster::remote_queue::spawn(
+                            &def,
+                            &vh,
+                            settings,
+                            home.clone(),
+                            self.me.clone(),
+                        );
+                        vh.update(|r| {
+                            r.queues.insert(Arc::from(def.name.as_str()), handle);
+                        });
+                        continue;
+                    }
                     let me = self.me.clone();
                     let (qv, qn) = (vhost.clone(), def.name.clone());
                     let auto_delete = Box::new(move || {
@@ -380,6 +625,27 @@ impl BrokerShared {
                     }
                 }
             }
+        }
+    }
+}
+
+/// What a command changed, for the routing reaction.
+enum RouteHint {
+    /// A binding was added.
+    Bound {
+        vhost: String,
+        binding: crate::meta::BindingDef,
+    },
+}
+
+impl RouteHint {
+    fn of(cmd: &MetaCommand) -> Option<RouteHint> {
+        match cmd {
+            MetaCommand::Bind { vhost, binding } => Some(RouteHint::Bound {
+                vhost: vhost.clone(),
+                binding: binding.clone(),
+            }),
+            _ => None,
         }
     }
 }

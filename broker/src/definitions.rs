@@ -690,6 +690,7 @@ pub fn commands(defs: &Definitions) -> Result<Vec<MetaCommand>, String> {
                 auto_delete: q.auto_delete,
                 arguments,
                 uid: rand::random(),
+                node: None,
             },
         });
     }

@@ -141,6 +141,16 @@ impl ChannelFlow {
         true
     }
 
+    /// Takes credit for a delivery another node already granted (a consumer of a queue on
+    /// another node: the home node applied the prefetch), so that writing and settling it
+    /// here return exactly what was taken.
+    pub fn acquire_granted(&self, no_ack: bool) {
+        if !no_ack {
+            self.unacked.fetch_add(1, Ordering::SeqCst);
+        }
+        self.in_transit.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Registers a queue to be woken when credit returns.
     pub fn wait(&self, queue: &QueueHandle) {
         let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());

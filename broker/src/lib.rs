@@ -1,12 +1,13 @@
 //! warren-broker: the Warren node.
 //!
 //! `Broker::start` binds the listeners (AMQP, AMQPS when configured, and the distribution
-//! port that warrenctl and, later, other nodes use) and returns a handle; the node runs on
+//! port that warrenctl and other nodes use) and returns a handle; the node runs on
 //! the caller's tokio runtime until `shutdown`. `server` accepts connections; `connection`
 //! and `channel` are the protocol state machines; `access` checks permissions; `vhost` and
 //! `exchange` route; `queue` holds the queue actors; `meta` is the definitions state machine
 //! every change goes through; `definitions` reads and writes RabbitMQ's JSON export format;
-//! `dist` serves the distribution port.
+//! `dist` serves the distribution port; `cluster` replicates definitions through Raft and
+//! runs the application under the node (stop_app/start_app, join_cluster).
 
 pub mod access;
 pub mod alarm;
@@ -14,6 +15,7 @@ pub mod args;
 pub mod auth;
 pub mod broker;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod definitions;
@@ -38,22 +40,17 @@ pub use config::Config;
 use broker::BrokerShared;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The entry point: starts a node.
 pub struct Broker;
 
 /// A started node.
 pub struct RunningBroker {
-    local_addr: SocketAddr,
-    tls_addr: Option<SocketAddr>,
-    dist_addr: SocketAddr,
-    http_addr: SocketAddr,
-    shared: Arc<BrokerShared>,
-    listeners: Vec<tokio::task::JoinHandle<()>>,
+    node: Arc<cluster::node::Node>,
+    dist_task: tokio::task::JoinHandle<()>,
 }
 
-async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("failed to bind the {what} listener on {addr}: {e}"))
@@ -68,26 +65,25 @@ impl Broker {
             config.data_dir = std::path::PathBuf::from("warren-data").join(config.node_name());
         }
         // Configuration problems are reported before anything is opened.
-        let tls_acceptor = match &config.tls {
-            Some(t) => Some(tls::acceptor(t)?),
-            None => None,
-        };
+        if let Some(t) = &config.tls {
+            tls::acceptor(t)?;
+        }
         let cookie_path = config.cookie_file();
         let cookie = {
             let path = cookie_path.clone();
             tokio::task::spawn_blocking(move || dist::auth::read_or_create_cookie(&path)).await??
         };
-        let addr = SocketAddr::new(config.bind, config.port);
-        let tls_bind = config
-            .tls
-            .as_ref()
-            .map(|t| SocketAddr::new(t.bind.unwrap_or(config.bind), t.port));
         let dist_bind = SocketAddr::new(config.bind, config.dist_port()?);
-        let http_bind = SocketAddr::new(config.bind, config.http_port()?);
+        config.http_port()?;
         let definitions_file = config.load_definitions.clone();
-        // Recover first: the listeners open once the node can serve what it had.
-        let shared = BrokerShared::start(config).await?;
+        // The distribution port is bound first (peers learn its address), and served once
+        // the application has recovered.
+        let dist_listener = bind("distribution", dist_bind).await?;
+        let dist_addr = dist_listener.local_addr()?;
+        let node = Arc::new(cluster::node::Node::new(config, cookie, dist_addr));
+        node.start_app().await?;
         if let Some(path) = definitions_file {
+            let shared = node.app().expect("the application was just started");
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 anyhow::anyhow!("load_definitions: failed to read {}: {e}", path.display())
             })?;
@@ -96,123 +92,84 @@ impl Broker {
                 .map_err(|e| anyhow::anyhow!("load_definitions {}: {e}", path.display()))?;
             tracing::info!(file = %path.display(), %summary, "definitions imported");
         }
-        let limit = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
-        let mut listeners = Vec::new();
-        let listener = bind("AMQP", addr).await?;
-        let local_addr = listener.local_addr()?;
-        tracing::info!(%local_addr, "AMQP listener started");
-        listeners.push(tokio::spawn(server::run(
-            shared.clone(),
-            listener,
-            None,
-            limit.clone(),
-        )));
-        let mut tls_addr = None;
-        if let (Some(acceptor), Some(bind_addr)) = (tls_acceptor, tls_bind) {
-            let listener = bind("AMQPS", bind_addr).await?;
-            let a = listener.local_addr()?;
-            tracing::info!(local_addr = %a, "AMQPS listener started");
-            tls_addr = Some(a);
-            listeners.push(tokio::spawn(server::run(
-                shared.clone(),
-                listener,
-                Some(acceptor),
-                limit,
-            )));
-        }
-        let dist_listener = bind("distribution", dist_bind).await?;
-        let dist_addr = dist_listener.local_addr()?;
         tracing::info!(local_addr = %dist_addr, cookie_file = %cookie_path.display(), "distribution listener started");
-        listeners.push(tokio::spawn(dist::run(
-            shared.clone(),
-            dist_listener,
-            cookie,
-        )));
-        let http_listener = bind("HTTP", http_bind).await?;
-        let http_addr = http_listener.local_addr()?;
-        tracing::info!(local_addr = %http_addr, "HTTP listener started");
-        listeners.push(tokio::spawn(http::run(shared.clone(), http_listener)));
-        {
-            let mut l = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
-            l.push(("amqp".into(), local_addr));
-            if let Some(a) = tls_addr {
-                l.push(("amqp/ssl".into(), a));
-            }
-            l.push(("clustering".into(), dist_addr));
-            l.push(("http".into(), http_addr));
-        }
-        shovel::start(&shared, local_addr);
-        Ok(RunningBroker {
-            local_addr,
-            tls_addr,
-            dist_addr,
-            http_addr,
-            shared,
-            listeners,
-        })
+        let dist_task = tokio::spawn(dist::run(node.clone(), dist_listener));
+        Ok(RunningBroker { node, dist_task })
     }
 }
 
 impl RunningBroker {
     /// The address the AMQP listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.node
+            .addrs()
+            .0
+            .expect("the AMQP listener was bound at start")
     }
 
     /// The address the AMQPS listener is bound to, when TLS is configured.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls_addr
+        self.node.addrs().1
     }
 
     /// The address of the distribution listener (warrenctl connects there).
     pub fn dist_addr(&self) -> SocketAddr {
-        self.dist_addr
+        self.node.dist_addr
+    }
+
+    /// The running application's shared state.
+    ///
+    /// # Panics
+    /// When the application is stopped (`stop_app`).
+    pub fn shared(&self) -> Arc<BrokerShared> {
+        self.node
+            .app()
+            .expect("the application is running (not stopped with stop_app)")
+    }
+
+    /// The node (application lifecycle, clustering).
+    pub fn node(&self) -> &Arc<cluster::node::Node> {
+        &self.node
     }
 
     /// The address of the HTTP listener (management API, /metrics).
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
-    }
-
-    /// The node's shared state.
-    pub fn shared(&self) -> &Arc<BrokerShared> {
-        &self.shared
+        self.node
+            .addrs()
+            .2
+            .expect("the HTTP listener was bound at start")
     }
 
     /// Stops accepting, closes every connection (320 CONNECTION_FORCED) and waits, up to a
     /// few seconds, for every connection task to end.
     pub async fn shutdown(self) {
-        if let Some(s) = self.shared.shovels.get() {
-            s.shutdown().await;
-        }
-        self.shared.shutdown.cancel();
-        self.shared.tasks.close();
-        for l in self.listeners {
-            let _ = l.await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tasks.wait()).await;
-        // Everything written so far reaches the disk, and the store is closed (so the same
-        // data directory can be opened again), before the node reports it stopped.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.shared.store.shutdown(Box::new(move |_| {
-            let _ = tx.send(());
-        }));
-        let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
-        self.shared.stopped.cancel();
+        self.node.stop().await;
+        let _ = self.dist_task.await;
     }
 
     /// Starts the shutdown without waiting for it (for `Drop`).
     pub fn shutdown_in_background(self) {
-        if let Some(s) = self.shared.shovels.get() {
-            s.stop_all();
+        let node = self.node;
+        node.shutdown.cancel();
+        if let Some(shared) = node.app() {
+            if let Some(s) = shared.shovels.get() {
+                s.stop_all();
+            }
+            shared.shutdown.cancel();
+            shared.tasks.close();
+            shared.stopped.cancel();
+            if let Some(c) = shared.take_cluster() {
+                // The Raft member would otherwise keep running on this runtime.
+                if let Ok(h) = tokio::runtime::Handle::try_current() {
+                    h.spawn(async move { c.shutdown().await });
+                }
+            }
         }
-        self.shared.shutdown.cancel();
-        self.shared.tasks.close();
-        self.shared.stopped.cancel();
+        node.stopped.cancel();
     }
 
     /// Resolves when the node has been asked to stop.
     pub async fn stopped(&self) {
-        self.shared.shutdown.cancelled().await
+        self.node.shutdown.cancelled().await
     }
 }

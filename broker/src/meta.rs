@@ -85,6 +85,9 @@ pub struct QueueDef {
     /// the same name is a new one); its messages on disk are keyed by it.
     #[serde(default)]
     pub uid: u64,
+    /// The node the queue lives on (its home node) in a cluster; None on a standalone node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl QueueDef {
@@ -1187,6 +1190,7 @@ mod tests {
                 auto_delete: false,
                 arguments: FieldTable::default(),
                 uid: 1,
+                node: None,
             },
         }
     }

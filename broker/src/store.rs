@@ -13,14 +13,26 @@
 //! them. Everything else is written to the OS at the end of the round, which survives a killed
 //! process. A failed write or fsync poisons the store: it accepts nothing more and every
 //! completion after that reports failure, so nothing unwritten is ever confirmed.
+//!
+//! Messages consumed before they reach the disk are never written: while consumers are
+//! acking persistent messages (a delete arrived lately), each message write is held back for
+//! up to `HOLD` (less if `MAX_HELD` messages or `MAX_HELD_BYTES` wait), and a delete that finds
+//! its message still held cancels both: no write, no delete, and the publisher's confirm is
+//! sent at once — a message a consumer has acked needs no disk to be confirmed, as in
+//! RabbitMQ's message store. A held message is otherwise confirmed only once written and
+//! synced like any other. Every operation other than a put, a delete or a delivered mark
+//! (reads, range deletes, definition changes, barriers, shutdown) first releases what is held,
+//! so it sees, and is ordered after, every write sent before it.
 
 use crate::message::Message;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use warren_amqp::Properties;
 
 /// Called with `true` once an operation is durable (or written), `false` if the store failed.
@@ -84,7 +96,7 @@ pub struct RecoveredQueue {
 enum Op {
     Put {
         key: [u8; 16],
-        value: Bytes,
+        value: Record,
         sync: bool,
         done: Option<Done>,
     },
@@ -121,6 +133,16 @@ enum Op {
     Barrier(Done),
     /// Flush, close the database (releasing its lock) and end the thread.
     Shutdown(Done),
+}
+
+/// A message record to write: encoded on the store thread, and only if it is written.
+pub struct Record {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// Persistent in a durable queue (kept across restarts).
+    pub durable: bool,
+    /// Its expiry time (ms since the Unix epoch), if it has one.
+    pub expires_at: Option<u64>,
 }
 
 /// A handle to the store thread.
@@ -160,9 +182,14 @@ const RECORD_VERSION: u8 = 1;
 /// properties, body. `expires_at` is the absolute expiry (ms since the Unix epoch) the queue
 /// gave the message, kept so that a TTL runs across restarts and while the message is paged.
 pub fn encode_message(msg: &Message, durable: bool, expires_at: Option<u64>) -> Bytes {
+    Bytes::from(encode_record(msg, durable, expires_at))
+}
+
+/// `encode_message` into a plain vector (what the database takes).
+fn encode_record(msg: &Message, durable: bool, expires_at: Option<u64>) -> Vec<u8> {
     let props = msg.properties.raw();
     let extra: usize = msg.extra_keys.iter().map(|k| k.len() + 1).sum();
-    let mut b = BytesMut::with_capacity(
+    let mut b = Vec::with_capacity(
         18 + extra + msg.exchange.len() + msg.routing_key.len() + props.len() + msg.body.len(),
     );
     let mut flags = if durable { FLAG_DURABLE } else { 0 };
@@ -192,7 +219,7 @@ pub fn encode_message(msg: &Message, durable: bool, expires_at: Option<u64>) -> 
     b.put_u32(props.len() as u32);
     b.put_slice(props);
     b.put_slice(&msg.body);
-    b.freeze()
+    b
 }
 
 /// A decoded message record.
@@ -317,6 +344,15 @@ impl Store {
         })
     }
 
+    /// The keyspace a clustered node keeps its Raft log, vote and snapshot in, with the
+    /// database it belongs to (for atomic batches and fsyncs).
+    pub fn raft_keyspace(opened: &Opened) -> Result<(Database, Keyspace), StoreError> {
+        let ks = opened.db.keyspace("raft", || {
+            KeyspaceCreateOptions::default().max_memtable_size(1024 * 1024)
+        })?;
+        Ok((opened.db.clone(), ks))
+    }
+
     /// True once a write failed: nothing more is accepted.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)
@@ -330,7 +366,7 @@ impl Store {
     }
 
     /// Writes a message; `sync` makes it durable (fsync) before `done` runs.
-    pub fn put(&self, queue: u64, id: u64, value: Bytes, sync: bool, done: Option<Done>) {
+    pub fn put(&self, queue: u64, id: u64, value: Record, sync: bool, done: Option<Done>) {
         self.send(Op::Put {
             key: msg_key(queue, id),
             value,
@@ -421,13 +457,14 @@ fn fail(op: Op) {
 }
 
 impl Opened {
-    /// Scans the messages on disk: keeps the durable records of `keep` queues, deletes
+    /// Scans the messages on disk: keeps the durable records of `keep` queues (of every queue
+    /// when None: a clustered node learns its queues from the Raft log later), deletes
     /// everything else (paged-out transient messages, queues that no longer exist), rewrites
     /// the definitions log as `compacted`, and starts the store thread. Returns the store and
     /// what each kept queue has on disk.
     pub fn recover(
         self,
-        keep: &std::collections::HashSet<u64>,
+        keep: Option<&std::collections::HashSet<u64>>,
         compacted: &[Vec<u8>],
     ) -> Result<(Store, std::collections::HashMap<u64, RecoveredQueue>), StoreError> {
         let mut found: std::collections::HashMap<u64, RecoveredQueue> = Default::default();
@@ -441,7 +478,7 @@ impl Opened {
                 continue;
             };
             let durable = v.len() >= 2 && v[0] == RECORD_VERSION && v[1] & FLAG_DURABLE != 0;
-            if !keep.contains(&queue) || !durable {
+            if keep.is_some_and(|k| !k.contains(&queue)) || !durable {
                 batch.remove(&self.msgs, k);
                 dropped += 1;
                 continue;
@@ -472,7 +509,7 @@ impl Opened {
                 continue;
             };
             let queue = u64::from_be_bytes(qk);
-            if keep.contains(&queue) {
+            if keep.is_none_or(|k| k.contains(&queue)) {
                 found.entry(queue).or_default().delivered = u64::from_be_bytes(vk);
             } else {
                 batch.remove(&self.qstate, k);
@@ -508,6 +545,11 @@ impl Opened {
             next_meta: compacted.len() as u64 + 1,
             deletes_since_maintenance: 0,
             live_records: found.values().map(|q| q.count as i64).sum(),
+            held: VecDeque::new(),
+            held_front: 0,
+            held_at: HashMap::new(),
+            held_bytes: 0,
+            last_delete: None,
         };
         std::thread::Builder::new()
             .name("warren-store".into())
@@ -537,6 +579,16 @@ struct Worker {
     deletes_since_maintenance: u64,
     /// Message records written minus deleted (an estimate: deletes of missing keys count).
     live_records: i64,
+    /// Message writes held back, in arrival order (None once cancelled by a delete).
+    held: VecDeque<Option<Held>>,
+    /// The sequence number of `held`'s first slot.
+    held_front: u64,
+    /// The sequence number of each held key's slot.
+    held_at: HashMap<[u8; 16], u64>,
+    /// Body bytes held.
+    held_bytes: usize,
+    /// When the last message delete arrived.
+    last_delete: Option<Instant>,
 }
 
 /// How long the store must be idle before it considers compacting.
@@ -547,17 +599,49 @@ const MAINTENANCE_MIN_DELETES: u64 = 10_000;
 /// Most operations taken into one group-commit round.
 const MAX_ROUND: usize = 4096;
 
+/// Longest a message write is held back, waiting for a consumer's ack to make it needless.
+/// It bounds the extra confirm latency of a persistent message nobody consumes quickly.
+const HOLD: Duration = Duration::from_millis(4);
+/// Writes are held back only while deletes (acks of persistent messages) keep arriving:
+/// this long after the last one, messages are written at once again.
+const ACKING_RECENTLY: Duration = Duration::from_millis(100);
+/// Most messages, and body bytes, held back at once.
+const MAX_HELD: usize = 8192;
+const MAX_HELD_BYTES: usize = 32 * 1024 * 1024;
+
+/// A message write held back.
+struct Held {
+    /// When it arrived.
+    at: Instant,
+    key: [u8; 16],
+    value: Record,
+    sync: bool,
+    done: Option<Done>,
+}
+
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Op>) {
         let mut round: Vec<Op> = Vec::with_capacity(MAX_ROUND);
         loop {
-            let first = match rx.recv_timeout(MAINTENANCE_IDLE) {
+            let wait = match self.oldest_held() {
+                Some(at) => HOLD.saturating_sub(at.elapsed()),
+                None => MAINTENANCE_IDLE,
+            };
+            let first = match rx.recv_timeout(wait) {
                 Ok(op) => op,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.maintain();
+                    if self.oldest_held().is_some() {
+                        // The oldest held write has waited long enough.
+                        self.round(&mut round, false);
+                    } else {
+                        self.maintain();
+                    }
                     continue;
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.round(&mut round, true);
+                    return;
+                }
             };
             round.push(first);
             while round.len() < MAX_ROUND {
@@ -569,7 +653,7 @@ impl Worker {
             let shutdown = round.iter().position(|op| matches!(op, Op::Shutdown(_)));
             if let Some(at) = shutdown {
                 let rest = round.split_off(at);
-                self.round(&mut round);
+                self.round(&mut round, true);
                 let _ = self.db.persist(PersistMode::SyncData);
                 drop(self);
                 // Every operation after the shutdown fails; the shutdown reports success.
@@ -584,7 +668,7 @@ impl Worker {
                 }
                 return;
             }
-            self.round(&mut round);
+            self.round(&mut round, false);
             // Under steady traffic the store is never idle: compact anyway once garbage
             // clearly dominates, so disk use stays bounded.
             if self.deletes_since_maintenance >= 2 * self.live_records.max(0) as u64 + 200_000 {
@@ -593,10 +677,18 @@ impl Worker {
         }
     }
 
-    fn round(&mut self, round: &mut Vec<Op>) {
+    /// Runs one group-commit round over `round`; `release` writes every held message too.
+    fn round(&mut self, round: &mut Vec<Op>, release: bool) {
         if self.poisoned.load(Ordering::SeqCst) {
             for op in round.drain(..) {
                 fail(op);
+            }
+            self.held_at.clear();
+            self.held_bytes = 0;
+            for h in self.held.drain(..).flatten() {
+                if let Some(done) = h.done {
+                    done(false);
+                }
             }
             return;
         }
@@ -605,6 +697,8 @@ impl Worker {
         let mut sync = false;
         let mut reads = Vec::new();
         let mut dones: Vec<Done> = Vec::new();
+        let mut deleted = false;
+        let now = Instant::now();
         for op in round.drain(..) {
             match op {
                 Op::Put {
@@ -613,16 +707,40 @@ impl Worker {
                     sync: s,
                     done,
                 } => {
-                    batch.insert(&self.msgs, key, value.to_vec());
-                    self.live_records += 1;
-                    sync |= s;
-                    dones.extend(done);
+                    self.held_bytes += value.msg.body.len();
+                    self.held_at
+                        .insert(key, self.held_front + self.held.len() as u64);
+                    self.held.push_back(Some(Held {
+                        at: now,
+                        key,
+                        value,
+                        sync: s,
+                        done,
+                    }));
                 }
                 Op::Delete { key } => {
-                    batch.remove(&self.msgs, key);
-                    self.note_delete(1);
+                    deleted = true;
+                    let held = self
+                        .held_at
+                        .remove(&key)
+                        .and_then(|seq| self.held[(seq - self.held_front) as usize].take());
+                    match held {
+                        Some(h) => {
+                            // Settled before it was written: it never needs the disk, and
+                            // its publisher may be told at once.
+                            self.held_bytes -= h.value.msg.body.len();
+                            if let Some(done) = h.done {
+                                done(true);
+                            }
+                        }
+                        None => {
+                            batch.remove(&self.msgs, key);
+                            self.note_delete(1);
+                        }
+                    }
                 }
                 Op::DeleteRange { from, to } => {
+                    self.release_held(true, &mut batch, &mut sync, &mut dones);
                     // A range is read from the tree: what this round wrote so far goes first.
                     ok &= self.commit(std::mem::replace(&mut batch, self.db.batch()));
                     for item in self.msgs.range(from..=to) {
@@ -638,6 +756,7 @@ impl Worker {
                     batch.insert(&self.qstate, queue.to_be_bytes(), id.to_be_bytes());
                 }
                 Op::ForgetQueue { queue } => {
+                    self.release_held(true, &mut batch, &mut sync, &mut dones);
                     ok &= self.commit(std::mem::replace(&mut batch, self.db.batch()));
                     let (from, to) = (msg_key(queue, 0), msg_key(queue, u64::MAX));
                     for item in self.msgs.range(from..=to) {
@@ -651,19 +770,37 @@ impl Worker {
                     batch.remove(&self.qstate, queue.to_be_bytes());
                 }
                 Op::MetaAppend { value, done } => {
+                    self.release_held(true, &mut batch, &mut sync, &mut dones);
                     batch.insert(&self.meta, self.next_meta.to_be_bytes(), value);
                     self.next_meta += 1;
                     sync = true;
                     dones.push(done);
                 }
-                Op::Read { .. } | Op::ReadIds { .. } => reads.push(op),
+                Op::Read { .. } | Op::ReadIds { .. } => {
+                    self.release_held(true, &mut batch, &mut sync, &mut dones);
+                    reads.push(op)
+                }
                 Op::Barrier(done) => {
+                    self.release_held(true, &mut batch, &mut sync, &mut dones);
                     sync = true;
                     dones.push(done);
                 }
                 Op::Shutdown(done) => done(false),
             }
         }
+        let now = Instant::now();
+        if deleted {
+            self.last_delete = Some(now);
+        }
+        let acking = self
+            .last_delete
+            .is_some_and(|at| now.duration_since(at) < ACKING_RECENTLY);
+        let all = release
+            || !acking
+            || self.held_at.len() >= MAX_HELD
+            || self.held_bytes >= MAX_HELD_BYTES;
+        // Otherwise only the writes that have waited `HOLD` go.
+        self.release_held(all, &mut batch, &mut sync, &mut dones);
         ok &= self.commit(batch);
         // One write to the OS for the whole round, and one fdatasync if anything waits on it.
         let mode = if sync {
@@ -696,6 +833,48 @@ impl Worker {
                 _ => {}
             }
         }
+    }
+
+    /// When the oldest write still held arrived (cancelled slots at the front are dropped).
+    fn oldest_held(&mut self) -> Option<Instant> {
+        while let Some(None) = self.held.front() {
+            self.held.pop_front();
+            self.held_front += 1;
+        }
+        self.held.front().and_then(|h| h.as_ref()).map(|h| h.at)
+    }
+
+    /// Adds held writes to `batch`, oldest first: all of them, or those that waited `HOLD`.
+    fn release_held(
+        &mut self,
+        all: bool,
+        batch: &mut fjall::OwnedWriteBatch,
+        sync: &mut bool,
+        dones: &mut Vec<Done>,
+    ) {
+        let now = Instant::now();
+        let mut written = 0;
+        while let Some(at) = self.oldest_held() {
+            if !all && now.duration_since(at) < HOLD {
+                break;
+            }
+            let Some(Some(h)) = self.held.pop_front() else {
+                break;
+            };
+            self.held_front += 1;
+            self.held_at.remove(&h.key);
+            self.held_bytes -= h.value.msg.body.len();
+            let Record {
+                msg,
+                durable,
+                expires_at,
+            } = &h.value;
+            batch.insert(&self.msgs, h.key, encode_record(msg, *durable, *expires_at));
+            written += 1;
+            *sync |= h.sync;
+            dones.extend(h.done);
+        }
+        self.live_records += written;
     }
 
     /// Gives disk space back once enough was deleted: the memtable is flushed (so the
@@ -855,6 +1034,121 @@ mod tests {
             d.msg.routing_keys().collect::<Vec<_>>(),
             vec!["rk", "cc1", "bcc"]
         );
+    }
+
+    /// A store worker on a fresh directory, driven round by round (no thread).
+    fn worker(name: &str) -> (Worker, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "warren-store-{name}-{}-{}",
+            std::process::id(),
+            now_nanos()
+        ));
+        let o = Store::open(&dir).expect("store opens");
+        let w = Worker {
+            db: o.db,
+            msgs: o.msgs,
+            qstate: o.qstate,
+            meta: o.meta,
+            poisoned: Arc::new(AtomicBool::new(false)),
+            next_meta: 1,
+            deletes_since_maintenance: 0,
+            live_records: 0,
+            held: VecDeque::new(),
+            held_front: 0,
+            held_at: HashMap::new(),
+            held_bytes: 0,
+            last_delete: None,
+        };
+        (w, dir)
+    }
+
+    fn now_nanos() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    }
+
+    fn put(id: u64, log: &Arc<std::sync::Mutex<Vec<(u64, bool)>>>) -> Op {
+        let log = log.clone();
+        Op::Put {
+            key: msg_key(7, id),
+            value: Record {
+                msg: Arc::new(msg(b"persistent")),
+                durable: true,
+                expires_at: None,
+            },
+            sync: true,
+            done: Some(Box::new(move |ok| {
+                log.lock().expect("log").push((id, ok));
+            })),
+        }
+    }
+
+    fn on_disk(w: &Worker, id: u64) -> bool {
+        w.msgs.get(msg_key(7, id)).expect("reads").is_some()
+    }
+
+    #[test]
+    fn a_message_acked_before_its_write_is_confirmed_and_never_written() {
+        let (mut w, dir) = worker("held");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // A consumer acks persistent messages: writes are held back from now on.
+        w.round(&mut vec![Op::Delete { key: msg_key(7, 1) }], false);
+        w.round(&mut vec![put(2, &log), put(3, &log)], false);
+        assert!(log.lock().expect("log").is_empty(), "nothing durable yet");
+        // Message 2 is acked before its write: confirmed at once, no write, no delete.
+        w.round(&mut vec![Op::Delete { key: msg_key(7, 2) }], false);
+        assert_eq!(log.lock().expect("log")[0], (2, true));
+        assert!(!on_disk(&w, 2));
+        // Message 3 is written (and only then confirmed) once released.
+        w.round(&mut Vec::new(), true);
+        assert_eq!(*log.lock().expect("log"), vec![(2, true), (3, true)]);
+        assert!(on_disk(&w, 3));
+        assert!(!on_disk(&w, 2));
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn without_acks_a_message_is_written_in_its_own_round() {
+        let (mut w, dir) = worker("direct");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        w.round(&mut vec![put(5, &log)], false);
+        assert_eq!(*log.lock().expect("log"), vec![(5, true)]);
+        assert!(on_disk(&w, 5));
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_read_sees_the_writes_held_before_it() {
+        let (mut w, dir) = worker("read");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        w.round(&mut vec![Op::Delete { key: msg_key(7, 1) }], false);
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let g = got.clone();
+        w.round(
+            &mut vec![
+                put(2, &log),
+                Op::Read {
+                    queue: 7,
+                    from_id: 0,
+                    max_count: 10,
+                    max_bytes: usize::MAX,
+                    reply: Box::new(move |msgs| {
+                        g.lock()
+                            .expect("got")
+                            .extend(msgs.into_iter().map(|m| m.id));
+                    }),
+                },
+            ],
+            false,
+        );
+        assert_eq!(*got.lock().expect("got"), vec![2]);
+        assert_eq!(*log.lock().expect("log"), vec![(2, true)]);
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

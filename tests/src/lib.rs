@@ -137,7 +137,7 @@ impl TestBroker {
     }
 
     /// The in-process node's shared state (None against an external broker).
-    pub fn shared(&self) -> Option<&std::sync::Arc<warren_broker::broker::BrokerShared>> {
+    pub fn shared(&self) -> Option<std::sync::Arc<warren_broker::broker::BrokerShared>> {
         self.running.as_ref().map(|r| r.shared())
     }
 
@@ -242,6 +242,7 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T
 }
 
 pub mod certs;
+pub mod cluster;
 pub mod http;
 pub mod perf;
 pub mod pika;

@@ -233,6 +233,33 @@ enum Command {
     ExportDefinitions { file: String },
     /// Imports definitions from FILE ("-": stdin) in RabbitMQ's JSON format.
     ImportDefinitions { file: String },
+    /// Stops the Warren application, leaving the node running (for join_cluster, reset...).
+    StopApp,
+    /// Starts the Warren application.
+    StartApp,
+    /// Resets this (stopped) node and makes it a member of NODE's cluster
+    /// (name@host[:dist_port]); its own definitions and messages are deleted.
+    JoinCluster {
+        #[arg(value_name = "NODE")]
+        target: String,
+        /// Join as a RAM node (definitions in memory, no vote).
+        #[arg(long)]
+        ram: bool,
+    },
+    /// Shows the cluster's disc, RAM and running nodes.
+    ClusterStatus,
+    /// Removes NODE from the cluster.
+    ForgetClusterNode {
+        #[arg(value_name = "NODE")]
+        target: String,
+    },
+    /// Makes this (stopped) node a disc or a RAM node.
+    ChangeClusterNodeType {
+        #[arg(value_parser = ["disc", "disk", "ram"])]
+        node_type: String,
+    },
+    /// Deletes this (stopped) node's data and takes it out of its cluster.
+    Reset,
 }
 
 /// A failure and its exit code.
@@ -612,6 +639,19 @@ fn banner(cmd: &Command, vhost: &str, node: &str) -> Option<String> {
         Command::ImportDefinitions { file } => {
             format!("Importing definitions in JSON from a file at \"{file}\" ...")
         }
+        Command::StopApp => format!("Stopping Warren application on node {node} ..."),
+        Command::StartApp => format!("Starting node {node} ..."),
+        Command::JoinCluster { target: other, .. } => {
+            format!("Clustering node {node} with {other}")
+        }
+        Command::ClusterStatus => format!("Cluster status of node {node} ..."),
+        Command::ForgetClusterNode { target: other } => {
+            format!("Removing node {other} from the cluster")
+        }
+        Command::ChangeClusterNodeType { node_type } => {
+            format!("Turning {node} into a {node_type} node")
+        }
+        Command::Reset => format!("Resetting node {node} ..."),
     })
 }
 
@@ -870,7 +910,68 @@ fn request(cmd: &Command, vhost: &str) -> Result<CtlOp, Failure> {
                 .map_err(|e| Failure(65, format!("{file} is not JSON: {e}")))?;
             CtlOp::ImportDefinitions { definitions }
         }
+        Command::StopApp => CtlOp::StopApp,
+        Command::StartApp => CtlOp::StartApp,
+        Command::JoinCluster { target, ram } => {
+            let (name, addrs) = resolve_node(Some(target))?;
+            CtlOp::JoinCluster {
+                node: name,
+                addr: addrs[0].to_string(),
+                ram: *ram,
+            }
+        }
+        Command::ClusterStatus => CtlOp::ClusterStatus,
+        Command::ForgetClusterNode { target } => CtlOp::ForgetClusterNode {
+            node: resolve_node(Some(target))?.0,
+        },
+        Command::ChangeClusterNodeType { node_type } => CtlOp::ChangeClusterNodeType {
+            ram: node_type == "ram",
+        },
+        Command::Reset => CtlOp::Reset,
     })
+}
+
+/// rabbitmqctl's layout of `cluster_status`.
+fn print_cluster_status(doc: &Value) {
+    let list = |key: &str| -> Vec<String> {
+        doc.get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    println!("Basics\n");
+    println!(
+        "Cluster name: {}",
+        doc.get("cluster_name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    );
+    if let Some(l) = doc.get("leader").and_then(Value::as_str) {
+        println!("Metadata leader: {l}");
+    }
+    for (title, key) in [
+        ("Disk Nodes", "disk_nodes"),
+        ("RAM Nodes", "ram_nodes"),
+        ("Running Nodes", "running_nodes"),
+    ] {
+        let nodes = list(key);
+        if key == "ram_nodes" && nodes.is_empty() {
+            continue;
+        }
+        println!("\n{title}\n");
+        for n in nodes {
+            println!("{n}");
+        }
+    }
+    println!("\nNetwork Partitions\n\n(none)");
+    if let Some(w) = doc.get("waiting_for").and_then(Value::as_str) {
+        println!("\nWaiting\n\n{w}");
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -929,6 +1030,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         (Command::PurgeQueue { .. }, Reply::Message(_)) => {}
+        (Command::ClusterStatus, Reply::Document(d)) if cli.formatter == Formatter::Table => {
+            print_cluster_status(&d)
+        }
+        // The banner already said it.
+        (
+            Command::StopApp
+            | Command::StartApp
+            | Command::JoinCluster { .. }
+            | Command::ForgetClusterNode { .. }
+            | Command::ChangeClusterNodeType { .. }
+            | Command::Reset,
+            Reply::Message(_),
+        ) => {}
         (_, Reply::Done) => {}
         (_, Reply::Message(m)) => {
             if !cli.silent {

@@ -320,6 +320,7 @@ impl Channel {
                         auto_delete: d.auto_delete,
                         arguments: d.arguments,
                         uid: rand::random(),
+                        node: None,
                     },
                 })
                 .await?;

@@ -330,13 +330,7 @@ impl Channel {
             &d.msg.exchange,
             &d.msg.routing_key,
         );
-        warren_amqp::frame::encode_content(
-            &mut conn.out,
-            self.id,
-            d.msg.properties.raw(),
-            &d.msg.body,
-            conn.frame_max,
-        );
+        conn.send_content(self.id, d.msg.properties.raw(), &d.msg.body);
         conn.count_delivery(&self.flow);
         if !d.no_ack {
             self.unacked.insert(

@@ -142,6 +142,7 @@ impl Handshake<'_> {
         let mut out = BytesMut::new();
         if encode_method(&mut out, 0, m).is_ok() {
             let _ = self.writer.send(Batch {
+                parts: Vec::new(),
                 data: out.freeze(),
                 written: Vec::new(),
             });
@@ -198,6 +199,7 @@ impl Handshake<'_> {
             || (&self.buf[..8] != PROTOCOL_HEADER && &self.buf[..8] != b"AMQP\x01\x01\x00\x09")
         {
             let _ = self.writer.send(Batch {
+                parts: Vec::new(),
                 data: bytes::Bytes::from_static(PROTOCOL_HEADER),
                 written: Vec::new(),
             });

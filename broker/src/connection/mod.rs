@@ -18,7 +18,7 @@ use crate::delivery::{ChannelFlow, ConnEvent, ConnSender};
 use crate::error::ChannelError;
 use crate::meta::MetaCommand;
 use crate::vhost::Vhost;
-use bytes::BytesMut;
+use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,10 @@ use warren_amqp::frame::{
     FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT,
 };
 use warren_amqp::{connection, method, AMQPClass, ReplyCode};
+
+/// Bodies at least this long are written from the buffer they arrived in (a vectored write)
+/// rather than copied into the output buffer: below it, a copy is cheaper than an I/O slice.
+const ZERO_COPY_BODY: usize = 8 * 1024;
 
 /// What a channel's handlers need from their connection.
 pub struct ConnState {
@@ -48,6 +52,9 @@ pub struct ConnState {
     pub frame_max: u32,
     /// Frames to write at the next flush.
     pub out: BytesMut,
+    /// Bytes to write before `out` at the next flush: earlier frames and large bodies,
+    /// written from their own buffers without a copy.
+    pub out_parts: Vec<Bytes>,
     /// Delivery credit to return once `out` is written.
     pub credits: Vec<(Arc<ChannelFlow>, u32)>,
     /// The client understands server-sent basic.cancel.
@@ -67,6 +74,38 @@ impl ConnState {
     pub fn send_method(&mut self, channel: u16, m: &AMQPClass) {
         if let Err(e) = encode_method(&mut self.out, channel, m) {
             tracing::error!(error = %e, "failed to encode a method frame");
+        }
+    }
+
+    /// Queues a content (header and body frames). A large body is not copied: its frames
+    /// point at the buffer it arrived in and go out with one vectored write.
+    pub fn send_content(&mut self, channel: u16, properties: &[u8], body: &Bytes) {
+        use warren_amqp::frame::{encode_body_frame_start, encode_header, FRAME_END};
+        if body.len() < ZERO_COPY_BODY {
+            warren_amqp::frame::encode_content(
+                &mut self.out,
+                channel,
+                properties,
+                body,
+                self.frame_max,
+            );
+            return;
+        }
+        encode_header(&mut self.out, channel, body.len() as u64, properties);
+        let max_payload = match self.frame_max {
+            0 => usize::MAX,
+            m => (m as usize)
+                .saturating_sub(warren_amqp::frame::FRAME_OVERHEAD)
+                .max(1),
+        };
+        let mut at = 0;
+        while at < body.len() {
+            let end = body.len().min(at.saturating_add(max_payload));
+            encode_body_frame_start(&mut self.out, channel, (end - at) as u32);
+            self.out_parts.push(self.out.split().freeze());
+            self.out_parts.push(body.slice(at..end));
+            self.out.put_u8(FRAME_END);
+            at = end;
         }
     }
 
@@ -173,6 +212,7 @@ pub async fn serve(shared: Arc<BrokerShared>, transport: Transport) {
             events: events_tx,
             frame_max: h.frame_max,
             out: BytesMut::with_capacity(16 * 1024),
+            out_parts: Vec::new(),
             credits: Vec::new(),
             consumer_cancel_notify: h.consumer_cancel_notify,
             exclusive_queues: Vec::new(),
@@ -371,23 +411,40 @@ impl Connection {
     }
 
     fn flush(&mut self) {
+        // Large bodies wait in `out_parts`, outside `out`: they count as sent bytes too.
+        let out_len = self.state.out.len() as u64
+            + self
+                .state
+                .out_parts
+                .iter()
+                .map(|p| p.len() as u64)
+                .sum::<u64>();
         if !self.state.counts.is_empty() {
-            self.state.counts.send_oct += self.state.out.len() as u64;
+            self.state.counts.send_oct += out_len;
             self.entry
                 .stats
                 .add(&std::mem::take(&mut self.state.counts));
-        } else if !self.state.out.is_empty() {
+        } else if out_len > 0 {
             self.entry.stats.add(&registry::Counts {
-                send_oct: self.state.out.len() as u64,
+                send_oct: out_len,
                 ..Default::default()
             });
         }
-        if self.state.out.is_empty() {
+        if self.state.out.is_empty() && self.state.out_parts.is_empty() {
             return;
         }
         let data = self.state.out.split().freeze();
+        let parts = std::mem::take(&mut self.state.out_parts);
         let written = std::mem::take(&mut self.state.credits);
-        if self.writer.send(writer::Batch { data, written }).is_err() {
+        if self
+            .writer
+            .send(writer::Batch {
+                parts,
+                data,
+                written,
+            })
+            .is_err()
+        {
             tracing::debug!("writer gone");
         }
         self.last_write = Instant::now();
@@ -415,7 +472,7 @@ impl Connection {
             if let Some(end) = self.handle_frame(frame).await {
                 return Some(end);
             }
-            if self.state.out.len() > 64 * 1024 {
+            if self.state.out.len() > 64 * 1024 || self.state.out_parts.len() > 64 {
                 self.flush();
             }
         }

@@ -311,6 +311,33 @@ pub enum CtlOp {
         /// The file's content.
         definitions: Value,
     },
+    /// Stops the application, leaving the node reachable.
+    StopApp,
+    /// Starts the application.
+    StartApp,
+    /// Resets the (stopped) node and makes it a member of another node's cluster.
+    JoinCluster {
+        /// The node to join (`name@host`).
+        node: String,
+        /// Its distribution address (`host:port`).
+        addr: String,
+        /// Join as a RAM node.
+        ram: bool,
+    },
+    /// Deletes the (stopped) node's data and cluster membership.
+    Reset,
+    /// Makes the (stopped) node a disc or a RAM node.
+    ChangeClusterNodeType {
+        /// RAM node.
+        ram: bool,
+    },
+    /// Removes a node from the cluster.
+    ForgetClusterNode {
+        /// Its name.
+        node: String,
+    },
+    /// The cluster's members and running nodes.
+    ClusterStatus,
 }
 
 /// A table: named columns and rows of JSON values.
@@ -434,6 +461,14 @@ pub async fn handle(shared: &Arc<BrokerShared>, op: CtlOp) -> Result<Reply, Remo
         CtlOp::Status => Ok(Reply::Document(status(shared))),
         CtlOp::AwaitStartup => Ok(Reply::Done),
         CtlOp::Stop => Ok(Reply::Done),
+        // Answered by the node (`cluster::node`), which outlives the application.
+        CtlOp::StopApp
+        | CtlOp::StartApp
+        | CtlOp::JoinCluster { .. }
+        | CtlOp::Reset
+        | CtlOp::ChangeClusterNodeType { .. }
+        | CtlOp::ForgetClusterNode { .. }
+        | CtlOp::ClusterStatus => Err(RemoteError::usage("a node command reached the application")),
         CtlOp::AddUser { name, password } => {
             if name.is_empty() {
                 return Err(RemoteError::usage("user name must not be empty"));
@@ -1238,6 +1273,7 @@ const QUEUE_KEYS: &[&str] = &[
     "messages_unacknowledged",
     "message_bytes_ready",
     "consumers",
+    "node",
 ];
 
 async fn list_queues(
@@ -1275,6 +1311,7 @@ async fn list_queues(
             "messages_unacknowledged": i.messages_unacknowledged,
             "message_bytes_ready": i.message_bytes_ready,
             "consumers": i.consumers,
+            "node": q.node.clone().unwrap_or_else(|| shared.identity.me.name.clone()),
         })));
     }
     Ok(Reply::Table(select(

@@ -10,7 +10,7 @@ pub mod auth;
 pub mod ctl;
 pub mod protocol;
 
-use crate::broker::BrokerShared;
+use crate::cluster::node::Node;
 use auth::Cookie;
 use protocol::{
     b64, read_frame, unb64, write_frame, FrameError, Handshake, Op, RemoteError, Request, Response,
@@ -25,19 +25,19 @@ use tokio::net::{TcpListener, TcpStream};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the distribution port until the node shuts down.
-pub async fn run(shared: Arc<BrokerShared>, listener: TcpListener, cookie: Cookie) {
-    let cookie = Arc::new(cookie);
+pub async fn run(node: Arc<Node>, listener: TcpListener) {
+    let cookie = node.identity.cookie.clone();
     loop {
         let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = node.shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {
             Ok((socket, peer)) => {
                 let _ = socket.set_nodelay(true);
-                let (shared, cookie) = (shared.clone(), cookie.clone());
+                let (node, cookie) = (node.clone(), cookie.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(shared, socket, peer, &cookie).await {
+                    if let Err(e) = serve(node, socket, peer, &cookie).await {
                         tracing::debug!(%peer, error = %e, "distribution connection ended");
                     }
                 });
@@ -51,12 +51,12 @@ pub async fn run(shared: Arc<BrokerShared>, listener: TcpListener, cookie: Cooki
 }
 
 async fn serve(
-    shared: Arc<BrokerShared>,
+    shared: Arc<Node>,
     mut socket: TcpStream,
     peer: SocketAddr,
     cookie: &Cookie,
 ) -> Result<(), FrameError> {
-    let node = shared.config.node_name();
+    let node = shared.name().to_string();
     let server_nonce = auth::nonce();
     write_frame(
         &mut socket,
@@ -102,7 +102,7 @@ async fn serve(
         &name,
         &proof,
     ) {
-        tracing::warn!(%peer, %name, "distribution connection refused: the cookie does not match");
+        tracing::warn!(%peer, %name, role = role.name(), "distribution connection refused: the cookie does not match");
         let reason = format!("authentication failed: the cookie does not match node {node}'s");
         write_frame(&mut socket, &refuse(reason)).await?;
         return Ok(());
@@ -121,7 +121,12 @@ async fn serve(
         };
         let stop = matches!(request.op, Op::Ctl(ctl::CtlOp::Stop));
         let result = match (role, request.op) {
-            (Role::Ctl | Role::Node, Op::Ctl(op)) => ctl::handle(&shared, op).await,
+            (_, Op::Ctl(ctl::CtlOp::Stop)) => Ok(ctl::Reply::Done),
+            (Role::Ctl | Role::Node, Op::Ctl(op)) => shared.handle_ctl(op).await,
+            (Role::Node, Op::Peer(op)) => shared.handle_peer(op).await,
+            (Role::Ctl, Op::Peer(_)) => Err(RemoteError::usage(
+                "peer requests are only accepted from cluster nodes",
+            )),
         };
         let failed = result.is_err();
         write_frame(
@@ -261,23 +266,21 @@ impl Client {
         &self.node
     }
 
-    /// Sends a request and waits for its answer, up to `timeout`.
+    /// Sends an admin command and waits for its answer, up to `timeout`.
     pub async fn call(
         &mut self,
         op: ctl::CtlOp,
         timeout: Duration,
     ) -> Result<ctl::Reply, ClientError> {
+        self.request(Op::Ctl(op), timeout).await
+    }
+
+    /// Sends a request and waits for its answer, up to `timeout`.
+    pub async fn request(&mut self, op: Op, timeout: Duration) -> Result<ctl::Reply, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let exchange = async {
-            write_frame(
-                &mut self.socket,
-                &Request {
-                    id,
-                    op: Op::Ctl(op),
-                },
-            )
-            .await?;
+            write_frame(&mut self.socket, &Request { id, op }).await?;
             loop {
                 let r: Response = read_frame(&mut self.socket).await?;
                 if r.id == id {

@@ -92,6 +92,8 @@ pub struct Request {
 pub enum Op {
     /// An admin command.
     Ctl(super::ctl::CtlOp),
+    /// A request from another node (Raft RPCs, forwarded changes, membership).
+    Peer(crate::cluster::PeerOp),
 }
 
 /// The answer to a request.

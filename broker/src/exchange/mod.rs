@@ -1,6 +1,8 @@
 //! Exchanges as routing tables: each exchange's bindings compiled into the structure its type
 //! routes with (a map for direct, a list for fanout, a trie for topic, compiled matchers for
-//! headers). Tables are rebuilt when bindings change and read without locks by publishers.
+//! headers). Tables are rebuilt when bindings change and read without locks by publishers;
+//! a direct exchange's table is a persistent map, so a new binding makes a new table in
+//! O(log n) (sharing the rest with the old one) instead of a rebuild.
 
 pub mod headers;
 pub mod topic;
@@ -21,14 +23,16 @@ pub enum Dest {
     Exchange(Arc<str>),
 }
 
+#[derive(Clone)]
 enum Router {
-    Direct(HashMap<String, Vec<Dest>>),
+    Direct(imbl::HashMap<Arc<str>, Arc<[Dest]>>),
     Fanout(Vec<Dest>),
     Topic(TopicTrie<Dest>),
     Headers(Vec<(HeadersBinding, Dest)>),
 }
 
 /// An exchange ready to route: its definition's flags and its compiled bindings.
+#[derive(Clone)]
 pub struct ExchangeRoute {
     /// The exchange's name.
     pub name: Arc<str>,
@@ -53,15 +57,19 @@ impl ExchangeRoute {
     pub fn build<'a>(def: &ExchangeDef, bindings: impl Iterator<Item = &'a BindingDef>) -> Self {
         let router = match def.kind {
             ExchangeKind::Direct => {
-                let mut map: HashMap<String, Vec<Dest>> = HashMap::new();
+                let mut map: HashMap<&str, Vec<Dest>> = HashMap::new();
                 for b in bindings {
                     let d = dest_of(b);
-                    let v = map.entry(b.routing_key.clone()).or_default();
+                    let v = map.entry(b.routing_key.as_str()).or_default();
                     if !v.contains(&d) {
                         v.push(d);
                     }
                 }
-                Router::Direct(map)
+                Router::Direct(
+                    map.into_iter()
+                        .map(|(k, v)| (Arc::from(k), Arc::from(v)))
+                        .collect(),
+                )
             }
             ExchangeKind::Fanout => {
                 let mut v: Vec<Dest> = Vec::new();
@@ -97,6 +105,24 @@ impl ExchangeRoute {
             alternate: None,
             router,
         }
+    }
+
+    /// This route with one more binding, made without a rebuild where the exchange type
+    /// allows it (direct); None when the caller must rebuild from the definitions.
+    pub fn with_binding(&self, b: &BindingDef) -> Option<ExchangeRoute> {
+        let Router::Direct(map) = &self.router else {
+            return None;
+        };
+        let d = dest_of(b);
+        let dests: Arc<[Dest]> = match map.get(b.routing_key.as_str()) {
+            // Bound already (with other arguments): nothing changes for routing.
+            Some(v) if v.contains(&d) => return Some(self.clone()),
+            Some(v) => v.iter().cloned().chain(std::iter::once(d)).collect(),
+            None => Arc::from([d]),
+        };
+        let mut route = self.clone();
+        route.router = Router::Direct(map.update(Arc::from(b.routing_key.as_str()), dests));
+        Some(route)
     }
 
     /// Sets the alternate exchange.

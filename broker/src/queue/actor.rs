@@ -215,6 +215,7 @@ pub(crate) fn spawn(
             aux: aux_tx.clone(),
             settings: settings_tx,
             stop: stop.clone(),
+            remote: false,
         }),
     };
     let recovered = disk.as_ref().map(|d| d.recovered).unwrap_or_default();
@@ -573,7 +574,11 @@ impl QueueActor {
         };
         match &self.disk {
             Some(disk) if durable_record || to_tail => {
-                let value = store::encode_message(&p.msg, durable_record, expires_at);
+                let value = store::Record {
+                    msg: p.msg.clone(),
+                    durable: durable_record,
+                    expires_at,
+                };
                 if durable_record {
                     // The confirm waits for the fsync that makes the message durable.
                     let done: Option<store::Done> = p.confirm.map(|(channel, seq)| {

@@ -1,6 +1,7 @@
 //! Queues: one actor task per queue owns its messages and consumers; everything else talks
-//! to it through a cheap-to-clone [`QueueHandle`]. A queue on another node will implement the
-//! same handle API by forwarding over the distribution link.
+//! to it through a cheap-to-clone [`QueueHandle`]. A queue on another node of the cluster is
+//! the same handle API: its commands go to a proxy task (`cluster::remote_queue`) that
+//! forwards them over the distribution link to the queue's home node.
 
 mod actor;
 pub mod dead_letter;
@@ -45,7 +46,7 @@ pub struct Publish {
 }
 
 /// What to do with settled deliveries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Settle {
     /// Acked: forget them.
     Ack,
@@ -97,7 +98,7 @@ pub(crate) enum QueueCmd {
 }
 
 /// Counters for the admin tools (`list_queues`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueInfo {
     /// Messages ready for delivery.
     pub messages_ready: u64,
@@ -122,6 +123,16 @@ struct Inner {
     /// policy changes, the actor picks the new value up at once.
     settings: watch::Sender<Arc<QueueSettings>>,
     stop: CancellationToken,
+    /// The queue lives on another node; this handle's commands go to its proxy.
+    remote: bool,
+}
+
+/// What a proxy task for a queue on another node receives: the handle's commands and its
+/// auxiliary messages (dead letters), and the token that stops it.
+pub(crate) struct ProxyInbox {
+    pub(crate) commands: mpsc::Receiver<QueueCmd>,
+    pub(crate) aux: mpsc::UnboundedReceiver<Aux>,
+    pub(crate) stop: CancellationToken,
 }
 
 /// A handle to a queue actor.
@@ -141,6 +152,44 @@ fn gone(handle: &QueueHandle) -> ChannelError {
 }
 
 impl QueueHandle {
+    /// A handle for a queue on another node, and the inbox its proxy task serves.
+    pub(crate) fn proxy(
+        name: &str,
+        vhost: &Arc<str>,
+        exclusive_owner: Option<u64>,
+        settings: QueueSettings,
+    ) -> (QueueHandle, ProxyInbox) {
+        let (tx, commands) = mpsc::channel(INBOX_CAPACITY);
+        let (aux, aux_rx) = mpsc::unbounded_channel();
+        let (settings, _) = watch::channel(Arc::new(settings));
+        let stop = CancellationToken::new();
+        let handle = QueueHandle {
+            inner: Arc::new(Inner {
+                name: Arc::from(name),
+                vhost: vhost.clone(),
+                exclusive_owner,
+                tx,
+                aux,
+                settings,
+                stop: stop.clone(),
+                remote: true,
+            }),
+        };
+        (
+            handle,
+            ProxyInbox {
+                commands,
+                aux: aux_rx,
+                stop,
+            },
+        )
+    }
+
+    /// True when the queue lives on another node.
+    pub fn is_remote(&self) -> bool {
+        self.inner.remote
+    }
+
     /// The queue's name.
     pub fn name(&self) -> &Arc<str> {
         &self.inner.name

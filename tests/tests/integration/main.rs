@@ -5,6 +5,7 @@ mod access;
 mod alarms;
 mod auth;
 mod basic;
+mod cluster;
 mod config_file;
 mod confirms_tx;
 mod connection;

@@ -144,10 +144,11 @@ fn ctl(server: &ServerProcess, args: &[&str]) -> std::process::Output {
 }
 
 fn status_of(broker: &TestBroker, name: &str) -> Option<Value> {
-    broker
-        .shared()
-        .and_then(|s| s.shovels.get())
-        .and_then(|s| s.status().into_iter().find(|s| s.name == name))
+    let shared = broker.shared()?;
+    let status = shared.shovels.get()?.status();
+    status
+        .into_iter()
+        .find(|s| s.name == name)
         .map(|s| serde_json::to_value(s).expect("status is JSON"))
 }
 

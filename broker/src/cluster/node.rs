@@ -1,0 +1,558 @@
+//! The node around the application: the distribution listener, the cookie and the node's
+//! identity stay up while the application (store, definitions, queues, AMQP listeners, the
+//! Raft member) is stopped and started again — `stop_app`, `start_app`, and the commands
+//! that need a stopped application: `join_cluster`, `reset`, `change_cluster_node_type`.
+//! `cluster_status` and `forget_cluster_node` are answered here too.
+
+use super::{network, ClusterFile, Identity, Member, PeerOp};
+use crate::broker::BrokerShared;
+use crate::config::Config;
+use crate::dist::ctl::{CtlOp, Reply};
+use crate::dist::protocol::RemoteError;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A running application: the node's shared state and its listener tasks.
+struct App {
+    shared: Arc<BrokerShared>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The node: what outlives `stop_app`.
+pub struct Node {
+    /// The configuration (data directory resolved; ports as first bound).
+    config: Mutex<Config>,
+    /// Name, distribution address and cookie.
+    pub identity: Identity,
+    /// The application while it runs. A std mutex: only held to take or clone it.
+    app: Mutex<Option<App>>,
+    /// Serializes application starts, stops, joins and resets.
+    lifecycle: tokio::sync::Mutex<()>,
+    /// Cancelled when the node is asked to stop (SIGTERM, `warrenctl stop`).
+    pub shutdown: CancellationToken,
+    /// Cancelled once the node has completely stopped.
+    pub stopped: CancellationToken,
+    /// The distribution listener's address.
+    pub dist_addr: SocketAddr,
+    /// The AMQP, AMQPS and HTTP addresses of the last start.
+    addrs: Mutex<(Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>)>,
+}
+
+fn not_running(node: &str) -> RemoteError {
+    RemoteError::unavailable(format!(
+        "Warren application is not running on node {node} (start it with start_app)"
+    ))
+}
+
+impl Node {
+    /// A node whose distribution listener is bound at `dist_addr`.
+    pub fn new(config: Config, cookie: crate::dist::auth::Cookie, dist_addr: SocketAddr) -> Self {
+        let name = config.node_name();
+        let host = name
+            .split_once('@')
+            .map(|(_, h)| h.to_string())
+            .unwrap_or_else(|| "localhost".into());
+        let me = Member {
+            name,
+            addr: format!("{host}:{}", dist_addr.port()),
+        };
+        Node {
+            config: Mutex::new(config),
+            identity: Identity {
+                me,
+                cookie: Arc::new(cookie),
+            },
+            app: Mutex::new(None),
+            lifecycle: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+            stopped: CancellationToken::new(),
+            dist_addr,
+            addrs: Mutex::new((None, None, None)),
+        }
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.identity.me.name
+    }
+
+    fn config(&self) -> Config {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The running application's shared state.
+    pub fn app(&self) -> Option<Arc<BrokerShared>> {
+        self.app
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|a| a.shared.clone())
+    }
+
+    /// The AMQP, AMQPS and HTTP addresses.
+    pub fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>) {
+        *self.addrs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the application (a no-op when it runs).
+    pub async fn start_app(&self) -> anyhow::Result<()> {
+        let _g = self.lifecycle.lock().await;
+        self.start_app_locked().await
+    }
+
+    async fn start_app_locked(&self) -> anyhow::Result<()> {
+        if self.app().is_some() {
+            return Ok(());
+        }
+        let config = self.config();
+        let tls_acceptor = match &config.tls {
+            Some(t) => Some(crate::tls::acceptor(t)?),
+            None => None,
+        };
+        let addr = SocketAddr::new(config.bind, config.port);
+        let tls_bind = config
+            .tls
+            .as_ref()
+            .map(|t| SocketAddr::new(t.bind.unwrap_or(config.bind), t.port));
+        let http_bind = SocketAddr::new(config.bind, config.http_port()?);
+        let shared = BrokerShared::start(config.clone(), self.identity.clone()).await?;
+        let limit = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
+        let mut listeners = Vec::new();
+        let listener = crate::bind("AMQP", addr).await?;
+        let local_addr = listener.local_addr()?;
+        tracing::info!(%local_addr, "AMQP listener started");
+        listeners.push(tokio::spawn(crate::server::run(
+            shared.clone(),
+            listener,
+            None,
+            limit.clone(),
+        )));
+        let mut tls_addr = None;
+        if let (Some(acceptor), Some(bind_addr)) = (tls_acceptor, tls_bind) {
+            let listener = crate::bind("AMQPS", bind_addr).await?;
+            let a = listener.local_addr()?;
+            tracing::info!(local_addr = %a, "AMQPS listener started");
+            tls_addr = Some(a);
+            listeners.push(tokio::spawn(crate::server::run(
+                shared.clone(),
+                listener,
+                Some(acceptor),
+                limit,
+            )));
+        }
+        let http_listener = crate::bind("HTTP", http_bind).await?;
+        let http_addr = http_listener.local_addr()?;
+        tracing::info!(local_addr = %http_addr, "HTTP listener started");
+        listeners.push(tokio::spawn(crate::http::run(
+            shared.clone(),
+            http_listener,
+        )));
+        {
+            let mut l = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            l.push(("amqp".into(), local_addr));
+            if let Some(a) = tls_addr {
+                l.push(("amqp/ssl".into(), a));
+            }
+            l.push(("clustering".into(), self.dist_addr));
+            l.push(("http".into(), http_addr));
+        }
+        {
+            // A restart of the application binds the same ports (tests bind port 0 first).
+            let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+            c.port = local_addr.port();
+            c.http_port = Some(http_addr.port());
+            if let (Some(t), Some(a)) = (c.tls.as_mut(), tls_addr) {
+                t.port = a.port();
+            }
+        }
+        crate::shovel::start(&shared, local_addr);
+        *self.addrs.lock().unwrap_or_else(|e| e.into_inner()) =
+            (Some(local_addr), tls_addr, Some(http_addr));
+        *self.app.lock().unwrap_or_else(|e| e.into_inner()) = Some(App { shared, listeners });
+        Ok(())
+    }
+
+    /// Stops the application: listeners close, connections are closed (320), the Raft
+    /// member stops, the store is flushed and closed. The node stays reachable.
+    pub async fn stop_app(&self) {
+        let _g = self.lifecycle.lock().await;
+        self.stop_app_locked().await
+    }
+
+    async fn stop_app_locked(&self) {
+        let Some(app) = self.app.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let shared = app.shared;
+        if let Some(s) = shared.shovels.get() {
+            s.shutdown().await;
+        }
+        shared.shutdown.cancel();
+        shared.tasks.close();
+        for l in app.listeners {
+            let _ = l.await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), shared.tasks.wait()).await;
+        if let Some(cluster) = shared.take_cluster() {
+            // Remember the members, to reach the cluster while stopped.
+            let (disc, ram) = cluster.members();
+            if let Some(mut file) = super::read_cluster_file(&shared.config.data_dir) {
+                file.members = disc.into_iter().chain(ram).collect();
+                if let Err(e) = super::write_cluster_file(&shared.config.data_dir, &file) {
+                    tracing::warn!(error = %e, "failed to write cluster.json");
+                }
+            }
+            cluster.shutdown().await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        shared.store.shutdown(Box::new(move |_| {
+            let _ = tx.send(());
+        }));
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        shared.stopped.cancel();
+        tracing::info!("application stopped");
+    }
+
+    /// Stops the application and marks the node stopped.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.stop_app().await;
+        self.stopped.cancel();
+    }
+
+    /// Deletes the node's data: messages, definitions, cluster membership.
+    fn wipe(&self) -> Result<(), RemoteError> {
+        let dir = self.config().data_dir;
+        let store = dir.join("store");
+        if store.exists() {
+            std::fs::remove_dir_all(&store).map_err(|e| {
+                RemoteError::software(format!("failed to delete {}: {e}", store.display()))
+            })?;
+        }
+        super::remove_cluster_file(&dir)
+            .map_err(|e| RemoteError::software(format!("failed to delete cluster.json: {e}")))
+    }
+
+    fn require_stopped(&self, what: &str) -> Result<(), RemoteError> {
+        if self.app().is_some() {
+            return Err(RemoteError::software(format!(
+                "Warren application is still running on node {}; stop it with stop_app before {what}",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Asks the cluster (through any member reachable) to run a membership request.
+    async fn ask_members(&self, members: &[Member], op: PeerOp) -> Result<(), RemoteError> {
+        let mut last = RemoteError::unavailable("no other cluster member is known");
+        for m in members.iter().filter(|m| m.name != self.name()) {
+            match network::peer_call::<()>(
+                &m.addr,
+                &self.identity.cookie,
+                self.name(),
+                op.clone(),
+                Duration::from_secs(30),
+            )
+            .await
+            {
+                Ok(()) => return Ok(()),
+                Err(crate::dist::ClientError::Remote(e)) => return Err(e),
+                Err(e) => {
+                    last = RemoteError::unavailable(format!("could not reach node {}: {e}", m.name))
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn join(
+        &self,
+        target_name: String,
+        target_addr: String,
+        ram: bool,
+    ) -> Result<Reply, RemoteError> {
+        let _g = self.lifecycle.lock().await;
+        self.require_stopped("joining a cluster")?;
+        if target_name == self.name() {
+            return Err(RemoteError::data(format!(
+                "Node {target_name} cannot join itself"
+            )));
+        }
+        // Prove both ends share the cookie before anything is deleted.
+        let ping: Result<Value, _> = network::peer_call(
+            &target_addr,
+            &self.identity.cookie,
+            self.name(),
+            PeerOp::Ping,
+            Duration::from_secs(10),
+        )
+        .await;
+        match ping {
+            Ok(v) if v.get("running") == Some(&Value::Bool(true)) => {}
+            Ok(_) => {
+                return Err(RemoteError::unavailable(format!(
+                    "Warren application is not running on node {target_name}"
+                )))
+            }
+            Err(crate::dist::ClientError::Refused(r)) => {
+                return Err(RemoteError::unavailable(format!(
+                    "node {target_name} refused the connection: {r}"
+                )))
+            }
+            Err(crate::dist::ClientError::BadServerProof) => {
+                return Err(RemoteError::unavailable(format!(
+                    "node {target_name} does not hold this node's cookie: refusing to join it"
+                )))
+            }
+            Err(e) => {
+                return Err(RemoteError::unavailable(format!(
+                    "could not reach node {target_name} at {target_addr}: {e}"
+                )))
+            }
+        }
+        self.wipe()?;
+        let dir = self.config().data_dir;
+        super::write_cluster_file(
+            &dir,
+            &ClusterFile {
+                ram,
+                members: vec![Member {
+                    name: target_name.clone(),
+                    addr: target_addr.clone(),
+                }],
+            },
+        )
+        .map_err(|e| RemoteError::software(format!("failed to write cluster.json: {e}")))?;
+        self.start_app_locked()
+            .await
+            .map_err(|e| RemoteError::software(format!("failed to start the application: {e}")))?;
+        let joined: Result<(), _> = network::peer_call(
+            &target_addr,
+            &self.identity.cookie,
+            self.name(),
+            PeerOp::Join {
+                member: self.identity.me.clone(),
+                ram,
+            },
+            Duration::from_secs(60),
+        )
+        .await;
+        if let Err(e) = joined {
+            // Back to a clean standalone node, stopped, as before the attempt.
+            self.stop_app_locked().await;
+            let _ = self.wipe();
+            return Err(match e {
+                crate::dist::ClientError::Remote(r) => r,
+                other => {
+                    RemoteError::unavailable(format!("could not join node {target_name}: {other}"))
+                }
+            });
+        }
+        Ok(Reply::Message(format!(
+            "Clustering node {} with {target_name}",
+            self.name()
+        )))
+    }
+
+    async fn reset(&self) -> Result<Reply, RemoteError> {
+        let _g = self.lifecycle.lock().await;
+        self.require_stopped("resetting it")?;
+        let dir = self.config().data_dir;
+        if let Some(file) = super::read_cluster_file(&dir) {
+            // Leave the cluster first; refused when this is its last disc node.
+            let others = file.members.iter().any(|m| m.name != self.name());
+            if others {
+                self.ask_members(
+                    &file.members,
+                    PeerOp::Remove {
+                        name: self.name().to_string(),
+                    },
+                )
+                .await?;
+            }
+        }
+        self.wipe()?;
+        Ok(Reply::Message(format!("Resetting node {}", self.name())))
+    }
+
+    async fn change_type(&self, ram: bool) -> Result<Reply, RemoteError> {
+        let _g = self.lifecycle.lock().await;
+        self.require_stopped("changing its node type")?;
+        let dir = self.config().data_dir;
+        let Some(mut file) = super::read_cluster_file(&dir) else {
+            return Err(RemoteError::software(format!(
+                "Node {} is not clustered: a standalone node is a disc node",
+                self.name()
+            )));
+        };
+        if file.ram != ram {
+            self.ask_members(
+                &file.members,
+                PeerOp::SetType {
+                    name: self.name().to_string(),
+                    ram,
+                },
+            )
+            .await?;
+            file.ram = ram;
+            super::write_cluster_file(&dir, &file)
+                .map_err(|e| RemoteError::software(format!("failed to write cluster.json: {e}")))?;
+        }
+        Ok(Reply::Message(format!(
+            "Turning {} into a {} node",
+            self.name(),
+            if ram { "ram" } else { "disc" }
+        )))
+    }
+
+    async fn forget(&self, name: String) -> Result<Reply, RemoteError> {
+        let shared = self.app().ok_or_else(|| not_running(self.name()))?;
+        let Some(cluster) = shared.cluster() else {
+            return Err(RemoteError::data(format!(
+                "Node {} is not clustered",
+                self.name()
+            )));
+        };
+        if name == self.name() {
+            return Err(RemoteError::software(
+                "a node cannot forget itself while running; use reset on a stopped node",
+            ));
+        }
+        cluster
+            .membership(PeerOp::Remove { name: name.clone() })
+            .await?;
+        Ok(Reply::Message(format!(
+            "Removing node {name} from the cluster"
+        )))
+    }
+
+    /// `cluster_status`: the members by kind, the running ones, the leader, and what the
+    /// node waits for. The same on every member that can reach the others.
+    pub async fn cluster_status(&self) -> Result<Value, RemoteError> {
+        let shared = self.app().ok_or_else(|| not_running(self.name()))?;
+        let Some(cluster) = shared.cluster() else {
+            return Ok(json!({
+                "cluster_name": self.name(),
+                "disk_nodes": [self.name()],
+                "ram_nodes": [],
+                "running_nodes": [self.name()],
+                "leader": null,
+                "partitions": {},
+                "waiting_for": null,
+            }));
+        };
+        let (disc, ram) = cluster.members();
+        let mut probes = Vec::new();
+        for m in disc.iter().chain(ram.iter()) {
+            let m = m.clone();
+            let cookie = self.identity.cookie.clone();
+            let me = self.name().to_string();
+            let is_me = m.name == me;
+            probes.push(tokio::spawn(async move {
+                if is_me {
+                    return Some(m.name);
+                }
+                let r: Result<Value, _> =
+                    network::peer_call(&m.addr, &cookie, &me, PeerOp::Ping, Duration::from_secs(2))
+                        .await;
+                match r {
+                    Ok(v) if v.get("running") == Some(&Value::Bool(true)) => Some(m.name),
+                    _ => None,
+                }
+            }));
+        }
+        let mut running = Vec::new();
+        for p in probes {
+            if let Ok(Some(n)) = p.await {
+                running.push(n);
+            }
+        }
+        running.sort();
+        let names = |v: &[Member]| v.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+        let cluster_name = disc
+            .first()
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| self.name().to_string());
+        Ok(json!({
+            "cluster_name": cluster_name,
+            "disk_nodes": names(&disc),
+            "ram_nodes": names(&ram),
+            "running_nodes": running,
+            "leader": cluster.leader().map(|l| l.name),
+            "partitions": {},
+            "waiting_for": cluster.waiting_for(),
+        }))
+    }
+
+    /// Handles an admin command that concerns the node rather than the application, or
+    /// passes it on to the running application.
+    pub async fn handle_ctl(&self, op: CtlOp) -> Result<Reply, RemoteError> {
+        match op {
+            CtlOp::StopApp => {
+                self.stop_app().await;
+                Ok(Reply::Message(format!(
+                    "Stopping Warren application on node {}",
+                    self.name()
+                )))
+            }
+            CtlOp::StartApp => {
+                self.start_app().await.map_err(|e| {
+                    RemoteError::software(format!("failed to start the application: {e}"))
+                })?;
+                Ok(Reply::Message(format!("Starting node {}", self.name())))
+            }
+            CtlOp::JoinCluster { node, addr, ram } => self.join(node, addr, ram).await,
+            CtlOp::Reset => self.reset().await,
+            CtlOp::ChangeClusterNodeType { ram } => self.change_type(ram).await,
+            CtlOp::ForgetClusterNode { node } => self.forget(node).await,
+            CtlOp::ClusterStatus => Ok(Reply::Document(self.cluster_status().await?)),
+            CtlOp::AwaitStartup => {
+                let shared = self.app().ok_or_else(|| not_running(self.name()))?;
+                match shared.cluster().and_then(|c| c.waiting_for()) {
+                    Some(w) => Ok(Reply::Message(format!(
+                        "node {} is serving its queues; waiting for a majority of disc nodes to accept definition changes ({w})",
+                        self.name()
+                    ))),
+                    None => Ok(Reply::Done),
+                }
+            }
+            op => {
+                let shared = self.app().ok_or_else(|| not_running(self.name()))?;
+                crate::dist::ctl::handle(&shared, op).await
+            }
+        }
+    }
+
+    /// Handles a request from another node.
+    pub async fn handle_peer(&self, op: PeerOp) -> Result<Reply, RemoteError> {
+        let shared = self.app();
+        if let PeerOp::Ping = op {
+            return Ok(Reply::Document(json!({"running": shared.is_some()})));
+        }
+        let shared = shared.ok_or_else(|| not_running(self.name()))?;
+        if let PeerOp::Queue(q) = op {
+            return Ok(Reply::Document(
+                super::remote_queue::handle(&shared, q).await?,
+            ));
+        }
+        let cluster = match (shared.cluster(), &op) {
+            (Some(c), _) => c,
+            // A standalone node that another node joins founds the cluster.
+            (None, PeerOp::Join { .. }) => shared.found_cluster().await?,
+            (None, _) => {
+                return Err(RemoteError::unavailable(format!(
+                    "node {} is not clustered",
+                    self.name()
+                )))
+            }
+        };
+        Ok(Reply::Document(cluster.rpc(op).await?))
+    }
+}
