@@ -75,6 +75,13 @@ pub struct ThroughputArgs {
     /// Common flags.
     #[command(flatten)]
     pub common: Common,
+    /// Where producers connect (default: --uri, where the queues are declared); with a
+    /// cluster, another node than the queues' home node.
+    #[arg(long, value_name = "URI")]
+    pub producer_uri: Option<String>,
+    /// Where consumers connect (default: --uri).
+    #[arg(long, value_name = "URI")]
+    pub consumer_uri: Option<String>,
     /// Producers (one connection and channel each).
     #[arg(short = 'x', long, default_value_t = 1)]
     pub producers: u32,

@@ -73,6 +73,14 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
     args.validate().map_err(|e| anyhow!(e))?;
     let out = Output::new(args.common.json);
     let uri: AmqpUri = args.common.uri.parse()?;
+    let producer_uri: AmqpUri = match &args.producer_uri {
+        Some(u) => u.parse()?,
+        None => uri.clone(),
+    };
+    let consumer_uri: AmqpUri = match &args.consumer_uri {
+        Some(u) => u.parse()?,
+        None => uri.clone(),
+    };
     let base = run_name("q");
     let queues = args.queue_names(&base);
     let exchange = args
@@ -109,7 +117,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(args.consumers.max(1) as usize);
     let mut histograms = Vec::new();
     for i in 0..args.consumers {
-        let conn = Connection::open(&uri, &format!("warren-perf consumer {i}")).await?;
+        let conn = Connection::open(&consumer_uri, &format!("warren-perf consumer {i}")).await?;
         let spec = consumer::ConsumerSpec {
             queue: queues[i as usize % queues.len()].clone(),
             no_ack: args.autoack,
@@ -141,7 +149,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
 
     let meter = CpuMeter::start(args.common.broker_pid)?;
     for j in 0..args.producers {
-        let conn = Connection::open(&uri, &format!("warren-perf producer {j}")).await?;
+        let conn = Connection::open(&producer_uri, &format!("warren-perf producer {j}")).await?;
         let routing_key = queues[j as usize % queues.len()].clone();
         let spec = publisher::PublisherSpec {
             exchange: exchange.clone().unwrap_or_default(),
