@@ -154,7 +154,7 @@ fn error(status: StatusCode, error: &str, reason: impl Into<String>) -> Response
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
+    not_found_now()
 }
 
 fn remote(e: RemoteError) -> Response {
@@ -378,10 +378,7 @@ async fn prometheus(State(app): State<App>) -> Response {
     let shared = &app.shared;
     let t = shared.connections.totals();
     let conns = shared.connections.list();
-    let channels: u64 = conns
-        .iter()
-        .map(|c| u64::from(c.channels.load(std::sync::atomic::Ordering::Relaxed)))
-        .sum();
+    let channels = shared.connections.channels_where(|_| true);
     let queues = queue_infos(shared).await;
     let (vhosts, users, exchanges) = shared.with_meta(|m| {
         (
@@ -472,10 +469,7 @@ async fn overview(State(app): State<App>, ConnectInfo(peer): Peer, h: HeaderMap)
     let shared = &app.shared;
     let t = shared.connections.totals();
     let conns = shared.connections.list();
-    let channels: u64 = conns
-        .iter()
-        .map(|c| u64::from(c.channels.load(std::sync::atomic::Ordering::Relaxed)))
-        .sum();
+    let channels = shared.connections.channels_where(|_| true);
     let queues = queue_infos(shared).await;
     let exchanges =
         shared.with_meta(|m| m.vhosts.values().map(|v| v.exchanges.len()).sum::<usize>());

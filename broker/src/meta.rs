@@ -139,6 +139,19 @@ pub struct UserDef {
     pub limits: serde_json::Value,
 }
 
+impl UserDef {
+    /// A limit set by `set_user_limits` (`max-connections`, `max-channels`): None when
+    /// unset or negative (no limit).
+    pub fn limit(&self, key: &str) -> Option<u64> {
+        limit_of(&self.limits, key)
+    }
+}
+
+/// `key` of a limits object, as RabbitMQ reads it: a negative value is no limit.
+fn limit_of(limits: &serde_json::Value, key: &str) -> Option<u64> {
+    u64::try_from(limits.get(key)?.as_i64()?).ok()
+}
+
 fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
 }
@@ -434,7 +447,7 @@ impl VhostMeta {
             .iter()
             .find(|((c, _), _)| c == "vhost-limits")?
             .1;
-        u64::try_from(limits.value.get(key)?.as_i64()?).ok()
+        limit_of(&limits.value, key)
     }
 
     /// Bindings whose source is `exchange`.

@@ -342,53 +342,36 @@ impl Handshake<'_> {
                 40,
             ));
         }
-        let max = self.shared.with_meta(|m| {
-            m.vhosts
-                .get(vhost_name)
-                .and_then(|v| v.limit("max-connections"))
+        // RabbitMQ's connection limits: the vhost's, then the user's.
+        let (vhost_max, user_max) = self.shared.with_meta(|m| {
+            (
+                m.vhosts
+                    .get(vhost_name)
+                    .and_then(|v| v.limit("max-connections")),
+                m.users.get(&user).and_then(|u| u.limit("max-connections")),
+            )
         });
-        if let Some(max) = max {
-            let open = self
-                .shared
-                .connections
-                .list()
-                .iter()
-                .filter(|c| &*c.vhost == vhost_name)
-                .count();
-            if open as u64 >= max {
-                return Err(Fail::Close(
-                    ReplyCode::NotAllowed,
-                    ReplyCode::NotAllowed.text(format!(
-                        "access to vhost '{vhost_name}' refused for user '{user}': connection limit ({max}) is reached"
-                    )),
-                    10,
-                    40,
-                ));
-            }
-        }
-        let max = self.shared.with_meta(|m| {
-            m.users
-                .get(&user)
-                .and_then(|u| u.limits.get("max-connections")?.as_i64())
-        });
-        if let Some(max) = max.and_then(|m| u64::try_from(m).ok()) {
-            let open = self
-                .shared
-                .connections
-                .list()
-                .iter()
-                .filter(|c| *c.user == *user)
-                .count();
-            if open as u64 >= max {
-                return Err(Fail::Close(
-                    ReplyCode::NotAllowed,
-                    ReplyCode::NotAllowed.text(format!(
-                        "connection refused for user '{user}': user connection limit ({max}) is reached"
-                    )),
-                    10,
-                    40,
-                ));
-            }
+        let over = |max: Option<u64>, pred: &dyn Fn(&super::registry::ConnectionEntry) -> bool| {
+            max.filter(|&max| self.shared.connections.count_where(pred) as u64 >= max)
+        };
+        let refusal = if let Some(max) = over(vhost_max, &|c| &*c.vhost == vhost_name) {
+            Some(format!(
+                "access to vhost '{vhost_name}' refused for user '{user}': connection limit ({max}) is reached"
+            ))
+        } else {
+            over(user_max, &|c| *c.user == *user).map(|max| {
+                format!(
+                    "connection refused for user '{user}': user connection limit ({max}) is reached"
+                )
+            })
+        };
+        if let Some(text) = refusal {
+            return Err(Fail::Close(
+                ReplyCode::NotAllowed,
+                ReplyCode::NotAllowed.text(text),
+                10,
+                40,
+            ));
         }
         self.send(&AMQPClass::Connection(connection::AMQPMethod::OpenOk(
             connection::OpenOk {},

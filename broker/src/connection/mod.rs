@@ -382,23 +382,19 @@ impl Connection {
     /// RabbitMQ's `max-channels` user limit: channels open on all the user's connections.
     fn check_user_channel_limit(&self) -> Result<(), ChannelError> {
         let user = &self.state.user;
-        let max = self.state.shared.with_meta(|m| {
-            m.users
-                .get(&**user)
-                .and_then(|u| u.limits.get("max-channels")?.as_i64())
-        });
-        let Some(max) = max.and_then(|m| u64::try_from(m).ok()) else {
+        let max = self
+            .state
+            .shared
+            .with_meta(|m| m.users.get(&**user).and_then(|u| u.limit("max-channels")));
+        let Some(max) = max else {
             return Ok(());
         };
-        let elsewhere: u64 = self
+        let id = self.state.id;
+        let elsewhere = self
             .state
             .shared
             .connections
-            .list()
-            .iter()
-            .filter(|c| c.id != self.state.id && c.user == *user)
-            .map(|c| u64::from(c.channels.load(std::sync::atomic::Ordering::Relaxed)))
-            .sum();
+            .channels_where(|c| c.id != id && c.user == *user);
         if elsewhere + self.channels.len() as u64 >= max {
             return Err(ChannelError::new(
                 ReplyCode::NotAllowed,
@@ -419,16 +415,11 @@ impl Connection {
                 .iter()
                 .map(|p| p.len() as u64)
                 .sum::<u64>();
+        self.state.counts.send_oct += out_len;
         if !self.state.counts.is_empty() {
-            self.state.counts.send_oct += out_len;
             self.entry
                 .stats
                 .add(&std::mem::take(&mut self.state.counts));
-        } else if out_len > 0 {
-            self.entry.stats.add(&registry::Counts {
-                send_oct: out_len,
-                ..Default::default()
-            });
         }
         if self.state.out.is_empty() && self.state.out_parts.is_empty() {
             return;

@@ -218,6 +218,27 @@ impl ConnectionRegistry {
         self.opened.load(Ordering::Relaxed)
     }
 
+    /// How many open connections `pred` selects.
+    pub fn count_where(&self, pred: impl Fn(&ConnectionEntry) -> bool) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|e| pred(e))
+            .count()
+    }
+
+    /// Channels open on the connections `pred` selects.
+    pub fn channels_where(&self, pred: impl Fn(&ConnectionEntry) -> bool) -> u64 {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|e| pred(e))
+            .map(|e| u64::from(e.channels.load(Ordering::Relaxed)))
+            .sum()
+    }
+
     /// How many connections are open.
     pub fn count(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
