@@ -308,8 +308,24 @@ impl Channel {
         if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
             c.expect(seq, targets.len() as u32, true);
         }
-        // Handed over in batches: see `PublishBatches`. A queue deleted meanwhile drops the
-        // message and confirms it.
+        if let [q] = targets.as_slice() {
+            // One queue: handed over at once (after what was batched before it), so that the
+            // publisher goes at the pace the queue takes messages.
+            if !conn.batches.is_empty() {
+                conn.batches.flush().await;
+            }
+            let confirm = seq.map(|s| (self.chref.clone(), s));
+            if !q.publish(Publish { msg, confirm }).await {
+                // The queue was deleted meanwhile: the message is dropped and confirmed.
+                if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
+                    c.answer(seq, true);
+                }
+            }
+            self.send_confirms(conn);
+            return;
+        }
+        // Several queues (fanout): handed over in batches, see `PublishBatches`. A queue
+        // deleted meanwhile drops the message and confirms it.
         for q in &targets {
             let confirm = seq.map(|s| (self.chref.clone(), s));
             conn.batches.push(

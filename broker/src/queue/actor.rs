@@ -52,7 +52,7 @@ const MAX_HEAD_BYTES: u64 = 32 * 1024 * 1024;
 /// The head is refilled from disk when it falls under this many messages.
 const REFILL_BELOW: usize = 2048;
 /// Most messages and bytes read from disk in one refill.
-const REFILL_MESSAGES: usize = 4096;
+const REFILL_MESSAGES: usize = 32768;
 const REFILL_BYTES: usize = 8 * 1024 * 1024;
 
 /// Most messages expired in one pass: the actor then serves its inboxes and lets other
@@ -216,6 +216,7 @@ pub(crate) fn spawn(
             settings: settings_tx,
             stop: stop.clone(),
             remote: false,
+            room: tokio::sync::Semaphore::new(INBOX_CAPACITY),
         }),
     };
     let recovered = disk.as_ref().map(|d| d.recovered).unwrap_or_default();
@@ -304,10 +305,17 @@ impl QueueActor {
                 }
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => {
+                        // Deliveries go out between slices of about 256 messages taken in,
+                        // so consumers keep pace with a fast publisher.
+                        let mut budget = 256usize;
+                        budget = budget.saturating_sub(cmd.weight());
                         self.handle(cmd);
-                        for _ in 0..256 {
+                        while budget > 0 {
                             match rx.try_recv() {
-                                Ok(cmd) => self.handle(cmd),
+                                Ok(cmd) => {
+                                    budget = budget.saturating_sub(cmd.weight());
+                                    self.handle(cmd);
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -416,7 +424,11 @@ impl QueueActor {
     fn handle(&mut self, cmd: QueueCmd) {
         match cmd {
             QueueCmd::Publish(p) => self.publish(p),
-            QueueCmd::PublishBatch(batch) => batch.into_iter().for_each(|p| self.publish(p)),
+            QueueCmd::PublishBatch(batch) => {
+                let n = batch.len().min(INBOX_CAPACITY);
+                batch.into_iter().for_each(|p| self.publish(p));
+                self.handle.inner.room.add_permits(n);
+            }
             QueueCmd::Consume(spec, reply) => {
                 self.last_used = Instant::now();
                 let _ = reply.send(self.add_consumer(spec));
@@ -1334,6 +1346,8 @@ impl QueueActor {
 
     /// The queue was deleted: consumers are cancelled and its records removed.
     fn shutdown(self, mut rx: mpsc::Receiver<QueueCmd>) {
+        // Publishers waiting for room see the queue gone.
+        self.handle.inner.room.close();
         for c in &self.consumers {
             let _ = c.spec.channel.events.send(ConnEvent::ConsumerCancelled {
                 channel: c.spec.channel.key,

@@ -11,7 +11,7 @@ use crate::error::ChannelError;
 use crate::message::Message;
 use crate::policy::QueueSettings;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use actor::{spawn, Disk};
@@ -99,6 +99,16 @@ pub(crate) enum QueueCmd {
     Wake,
 }
 
+impl QueueCmd {
+    /// How much of an actor's turn the command takes: its messages, or one.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            QueueCmd::PublishBatch(b) => b.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
 /// Counters for the admin tools (`list_queues`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueInfo {
@@ -127,6 +137,11 @@ struct Inner {
     stop: CancellationToken,
     /// The queue lives on another node; this handle's commands go to its proxy.
     remote: bool,
+    /// Room for batched messages in the inbox, in messages (a batch takes one slot of the
+    /// channel but as many permits as it has messages), so that batching does not let
+    /// publishers run further ahead of the queue than one message per slot would. Closed
+    /// when the actor stops.
+    room: Semaphore,
 }
 
 /// What a proxy task for a queue on another node receives: the handle's commands and its
@@ -245,6 +260,7 @@ impl QueueHandle {
                 settings,
                 stop: stop.clone(),
                 remote: true,
+                room: Semaphore::new(INBOX_CAPACITY),
             }),
         };
         (
@@ -311,10 +327,18 @@ impl QueueHandle {
                     confirm_dropped(p);
                 }
             }
-        } else if let Err(mpsc::error::SendError(QueueCmd::PublishBatch(batch))) =
-            self.inner.tx.send(QueueCmd::PublishBatch(batch)).await
-        {
-            batch.into_iter().for_each(confirm_dropped);
+        } else {
+            let n = batch.len().min(INBOX_CAPACITY) as u32;
+            match self.inner.room.acquire_many(n).await {
+                // The actor gives the permits back when it has taken the messages.
+                Ok(permits) => permits.forget(),
+                Err(_) => return batch.into_iter().for_each(confirm_dropped),
+            }
+            if let Err(mpsc::error::SendError(QueueCmd::PublishBatch(batch))) =
+                self.inner.tx.send(QueueCmd::PublishBatch(batch)).await
+            {
+                batch.into_iter().for_each(confirm_dropped);
+            }
         }
     }
 
