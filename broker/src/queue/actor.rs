@@ -216,6 +216,7 @@ pub(crate) fn spawn(
             settings: settings_tx,
             stop: stop.clone(),
             remote: false,
+            home: None,
         }),
     };
     let recovered = disk.as_ref().map(|d| d.recovered).unwrap_or_default();

@@ -10,6 +10,7 @@ use crate::delivery::{ChannelKey, ChannelRef};
 use crate::error::ChannelError;
 use crate::message::Message;
 use crate::policy::QueueSettings;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -125,6 +126,18 @@ struct Inner {
     stop: CancellationToken,
     /// The queue lives on another node; this handle's commands go to its proxy.
     remote: bool,
+    /// For a queue on another node: where it lives and whether that node is reachable.
+    home: Option<Home>,
+}
+
+/// Where a queue on another node lives, as its handle knows it.
+pub(crate) struct Home {
+    /// The home node's name.
+    pub(crate) node: Arc<str>,
+    /// The queue is durable (RabbitMQ's "home node down" text says so).
+    pub(crate) durable: bool,
+    /// False while the home node cannot be reached (kept current by the proxy's link).
+    pub(crate) available: Arc<AtomicBool>,
 }
 
 /// What a proxy task for a queue on another node receives: the handle's commands and its
@@ -148,7 +161,19 @@ impl std::fmt::Debug for QueueHandle {
 }
 
 fn gone(handle: &QueueHandle) -> ChannelError {
-    ChannelError::no_queue(&handle.inner.vhost, &handle.inner.name)
+    match &handle.inner.home {
+        // A proxy that did not answer: the home node could not be reached.
+        Some(home) if !handle.inner.stop.is_cancelled() => ChannelError::new(
+            warren_amqp::ReplyCode::NotFound,
+            crate::cluster::remote_queue::home_down_text(
+                &home.node,
+                home.durable,
+                &handle.inner.name,
+                &handle.inner.vhost,
+            ),
+        ),
+        _ => ChannelError::no_queue(&handle.inner.vhost, &handle.inner.name),
+    }
 }
 
 impl QueueHandle {
@@ -158,6 +183,7 @@ impl QueueHandle {
         vhost: &Arc<str>,
         exclusive_owner: Option<u64>,
         settings: QueueSettings,
+        home: Home,
     ) -> (QueueHandle, ProxyInbox) {
         let (tx, commands) = mpsc::channel(INBOX_CAPACITY);
         let (aux, aux_rx) = mpsc::unbounded_channel();
@@ -173,6 +199,7 @@ impl QueueHandle {
                 settings,
                 stop: stop.clone(),
                 remote: true,
+                home: Some(home),
             }),
         };
         (
@@ -188,6 +215,20 @@ impl QueueHandle {
     /// True when the queue lives on another node.
     pub fn is_remote(&self) -> bool {
         self.inner.remote
+    }
+
+    /// False when the queue lives on another node that cannot be reached now: publishes
+    /// do not route to it.
+    pub fn is_available(&self) -> bool {
+        self.inner
+            .home
+            .as_ref()
+            .is_none_or(|h| h.available.load(Ordering::Relaxed))
+    }
+
+    /// True once the queue was stopped (deleted): a cached handle is stale.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stop.is_cancelled()
     }
 
     /// The queue's name.
