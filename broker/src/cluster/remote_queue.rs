@@ -22,7 +22,7 @@ use crate::error::ChannelError;
 use crate::message::Message;
 use crate::meta::QueueDef;
 use crate::policy::QueueSettings;
-use crate::queue::{Aux, GetOk, ProxyInbox, QueueCmd, QueueHandle, QueueInfo};
+use crate::queue::{Aux, GetOk, ProxyInbox, Publish, QueueCmd, QueueHandle, QueueInfo};
 use crate::vhost::Vhost;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -470,25 +470,33 @@ impl Proxy {
         }
     }
 
+    /// Streams one publish to the home queue; nacks it if the link is down or drops first.
+    async fn publish(&mut self, p: Publish) {
+        let refused = match self.link().await {
+            Some(link) => link
+                .publish(&self.vhost, &self.queue, &p.msg, p.confirm)
+                .await
+                .err()
+                .flatten(),
+            None => p.confirm,
+        };
+        // Not accepted by the home queue: nacked, never confirmed.
+        if let Some((channel, seq)) = refused {
+            let _ = channel.events.send(ConnEvent::Confirm {
+                channel: channel.key,
+                seq,
+                ok: false,
+            });
+        }
+    }
+
     async fn command(&mut self, cmd: QueueCmd) {
         let (vhost, queue) = self.names();
         match cmd {
-            QueueCmd::Publish(p) => {
-                let refused = match self.link().await {
-                    Some(link) => link
-                        .publish(&self.vhost, &self.queue, &p.msg, p.confirm)
-                        .await
-                        .err()
-                        .flatten(),
-                    None => p.confirm,
-                };
-                // Not accepted by the home queue: nacked, never confirmed.
-                if let Some((channel, seq)) = refused {
-                    let _ = channel.events.send(ConnEvent::Confirm {
-                        channel: channel.key,
-                        seq,
-                        ok: false,
-                    });
+            QueueCmd::Publish(p) => self.publish(p).await,
+            QueueCmd::PublishBatch(batch) => {
+                for p in batch {
+                    self.publish(p).await;
                 }
             }
             QueueCmd::Consume(spec, reply) => {
