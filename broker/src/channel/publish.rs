@@ -272,6 +272,12 @@ impl Channel {
         } else if let Some(x) = routes.exchanges.get(&msg.exchange) {
             Vhost::route(&routes, x, &msg, &mut targets);
         }
+        // A queue whose home node is unreachable gets nothing (RabbitMQ: an unavailable
+        // queue); a message that only such queues would take is returned if mandatory and
+        // nacked, so that the publisher never takes it for stored.
+        let before = targets.len();
+        targets.retain(|q| q.is_available());
+        let only_unavailable = before > 0 && targets.is_empty();
         let seq = self.confirm.as_mut().map(|c| c.next_seq());
         if replied && targets.is_empty() {
             if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
@@ -300,7 +306,7 @@ impl Channel {
                 );
             }
             if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
-                c.expect(seq, 0, true);
+                c.expect(seq, 0, !only_unavailable);
                 self.send_confirms(conn);
             }
             return;

@@ -13,6 +13,7 @@
 //! `node` runs the application (start_app/stop_app, join_cluster, reset...) under the
 //! distribution listener, which stays up while the application is stopped.
 
+pub mod link;
 pub mod network;
 pub mod node;
 pub mod raft_store;

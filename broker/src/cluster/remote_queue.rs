@@ -1,32 +1,33 @@
 //! Queues on another node, behind the same `QueueHandle` API.
 //!
 //! A queue lives on its home node. Every other node holds a proxy handle for it: a task that
-//! serves the handle's commands by forwarding them, in order, over the distribution link to
-//! the home node ([`QueueOp`]), which runs them against the real queue actor. Publishes are
-//! batched and confirmed only once the home queue accepted them (after its fsync for
-//! persistent messages). A consumer on another node is registered on the home queue with a
-//! proxy channel whose events (deliveries, cancellations) the home node pushes back in
-//! batches; the consumer's prefetch is enforced by the home queue as for a local consumer,
-//! and acks, nacks and rejects travel back as settlements. Ordering per queue holds because
-//! one proxy task sends a queue's commands one after the other on one connection.
+//! serves the handle's commands, in order, over this node's queue link to the home node
+//! (`cluster::link`): publishes are streamed and confirmed by the home queue (after its
+//! fsync for persistent messages), settlements streamed, control operations (consume,
+//! cancel, get, purge, delete checks, counters) sent as JSON requests on the same link, so
+//! everything one proxy sends stays in order. A consumer on this node is registered on the
+//! home queue with a proxy channel there; the home queue applies its prefetch and pushes its
+//! deliveries back over the link.
+//!
+//! A home node that cannot be reached makes its queues unavailable here ([`Peer`]): the
+//! handle says so (`QueueHandle::is_available`) so that publishes do not route to it,
+//! publishes in flight are nacked, consumers cancelled, and a background task reconnects;
+//! once the home node serves again the queues are available again.
 
-use super::network::{connect_peer, decode};
-use super::{Member, PeerOp};
+use super::link::{self, Link};
 use crate::broker::BrokerShared;
-use crate::delivery::{ChannelFlow, ChannelKey, ChannelRef, ConnEvent, Delivery};
-use crate::dist::protocol::{b64, unb64, Op, RemoteError};
-use crate::dist::{Client, ClientError};
+use crate::delivery::{ChannelKey, ChannelRef, ConnEvent};
+use crate::dist::protocol::{b64, unb64, RemoteError};
 use crate::error::ChannelError;
 use crate::message::Message;
 use crate::meta::QueueDef;
 use crate::policy::QueueSettings;
-use crate::queue::{
-    Aux, ConsumerSpec, GetOk, ProxyInbox, Publish, QueueCmd, QueueHandle, QueueInfo, Settle,
-};
+use crate::queue::{Aux, GetOk, ProxyInbox, Publish, QueueCmd, QueueHandle, QueueInfo};
 use crate::vhost::Vhost;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use warren_amqp::ReplyCode;
@@ -46,33 +47,25 @@ fn unwire(w: WireKey) -> ChannelKey {
     }
 }
 
-/// How long a forwarded queue command may take.
+/// How long a control request to the home node may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
-/// Most publishes forwarded in one request.
-const MAX_BATCH: usize = 256;
+/// How long connecting to a home node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an unreachable home node is tried again.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
 
-/// A queue operation forwarded to the queue's home node (or, `Events`, pushed back).
+/// A control operation on a queue, sent to the queue's home node (as JSON on the queue
+/// link; the ones that need no link state also as a `PeerOp`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum QueueOp {
-    /// Messages for the queue (store records, base64); answered with one ok per message.
-    Publish {
-        /// Vhost.
-        vhost: String,
-        /// Queue.
-        queue: String,
-        /// Encoded messages.
-        msgs: Vec<String>,
-    },
-    /// Registers a consumer of another node's channel.
+    /// Registers a consumer of a channel of the link's other node.
     Consume {
         /// Vhost.
         vhost: String,
         /// Queue.
         queue: String,
-        /// The consumer's node.
-        origin: Member,
         /// Its channel.
         key: WireKey,
         /// Consumer tag.
@@ -98,19 +91,6 @@ pub enum QueueOp {
         key: WireKey,
         /// Consumer tag.
         tag: String,
-    },
-    /// Acks, rejects or returns deliveries.
-    Settle {
-        /// Vhost.
-        vhost: String,
-        /// Queue.
-        queue: String,
-        /// The channel.
-        key: WireKey,
-        /// Message ids.
-        ids: Vec<u64>,
-        /// How.
-        how: Settle,
     },
     /// A channel closed: its unacked deliveries go back, its consumers go.
     ChannelClosed {
@@ -164,33 +144,12 @@ pub enum QueueOp {
         /// Queue.
         queue: String,
     },
-    /// Consumer events from a home node to the consumers' node.
-    Events(Vec<RemoteEvent>),
 }
 
-/// What a home node pushes to a remote consumer's node.
+/// What a home node pushes to a remote consumer's node besides deliveries.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RemoteEvent {
-    /// A delivery.
-    Deliver {
-        /// The consumer's channel.
-        key: WireKey,
-        /// Consumer tag.
-        tag: String,
-        /// Vhost.
-        vhost: String,
-        /// Queue.
-        queue: String,
-        /// Message id in the queue.
-        msg_id: u64,
-        /// The message (store record, base64).
-        msg: String,
-        /// Redelivered flag.
-        redelivered: bool,
-        /// No ack.
-        no_ack: bool,
-    },
     /// The queue cancelled the consumer.
     Cancelled {
         /// The consumer's channel.
@@ -235,7 +194,8 @@ fn decode_msg(s: &str) -> Option<Message> {
         .map(|d| d.msg)
 }
 
-fn to_wire(e: ChannelError) -> (u16, String) {
+/// A channel error as it crosses the wire.
+pub fn to_wire(e: ChannelError) -> (u16, String) {
     (e.code.code(), e.text)
 }
 
@@ -248,68 +208,156 @@ fn from_wire((code, text): (u16, String)) -> ChannelError {
     }
 }
 
-/// One connection to a peer node for queue traffic; requests go one at a time.
-struct PeerLink {
-    addr: String,
-    conn: tokio::sync::Mutex<Option<Client>>,
+/// A home node as seen from this node: its queue link and whether it is reachable.
+pub struct Peer {
+    name: String,
+    /// False while the home node cannot be reached (a task is reconnecting).
+    up: AtomicBool,
+    /// The availability flags of the queue handles homed there. A std mutex: held to push
+    /// or to update them.
+    flags: Mutex<Vec<Weak<AtomicBool>>>,
+    /// The link, when open; connecting is serialized.
+    link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    /// A reconnecting task runs.
+    retrying: AtomicBool,
 }
 
-impl PeerLink {
-    async fn call(&self, shared: &BrokerShared, op: QueueOp) -> Result<Value, ClientError> {
-        let mut conn = self.conn.lock().await;
-        if conn.is_none() {
-            let c = tokio::time::timeout(
-                Duration::from_secs(5),
-                connect_peer(
-                    &self.addr,
-                    &shared.identity.cookie,
-                    &shared.identity.me.name,
-                ),
-            )
-            .await
-            .map_err(|_| ClientError::Timeout)??;
-            *conn = Some(c);
+impl Peer {
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+        let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
+        flags.retain(|f| match f.upgrade() {
+            Some(f) => {
+                f.store(up, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        });
+    }
+
+    fn track(&self, flag: &Arc<AtomicBool>) {
+        let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
+        flag.store(self.up.load(Ordering::SeqCst), Ordering::SeqCst);
+        flags.push(Arc::downgrade(flag));
+    }
+
+    /// The open link, connecting if needed; None while the home node is unreachable.
+    async fn link(self: &Arc<Self>, shared: &Arc<BrokerShared>) -> Option<Arc<Link>> {
+        if !self.up.load(Ordering::SeqCst) {
+            // The reconnecting task is in charge.
+            return None;
         }
-        let client = conn.as_mut().expect("connected just above");
-        match client
-            .request(Op::Peer(PeerOp::Queue(op)), CALL_TIMEOUT)
-            .await
-        {
-            Ok(reply) => decode(reply),
+        let mut slot = self.link.lock().await;
+        if let Some(l) = slot.as_ref().filter(|l| !l.is_closed()) {
+            return Some(l.clone());
+        }
+        match self.open(shared).await {
+            Ok(l) => {
+                *slot = Some(l.clone());
+                Some(l)
+            }
             Err(e) => {
-                // After an error the connection's state is unknown: reconnect next time.
-                *conn = None;
-                Err(e)
+                drop(slot);
+                tracing::info!(home = %self.name, error = %e, "cannot reach a queue's home node");
+                self.went_down(shared);
+                None
             }
         }
+    }
+
+    async fn open(self: &Arc<Self>, shared: &Arc<BrokerShared>) -> Result<Arc<Link>, String> {
+        let addr = shared
+            .cluster()
+            .and_then(|c| {
+                let (disc, ram) = c.members();
+                disc.into_iter()
+                    .chain(ram)
+                    .find(|m| m.name == self.name)
+                    .map(|m| m.addr)
+            })
+            .ok_or_else(|| format!("node {} is not a cluster member", self.name))?;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, link::connect(shared, &addr))
+            .await
+            .map_err(|_| format!("connecting to {addr} timed out"))?
+            .map_err(|e| e.to_string())?;
+        let (peer, weak) = (Arc::downgrade(self), Arc::downgrade(shared));
+        link::start(shared, self.name.clone(), stream, move || {
+            if let (Some(p), Some(s)) = (peer.upgrade(), weak.upgrade()) {
+                p.went_down(&s);
+            }
+        })
+        .await
+    }
+
+    /// The home node is unreachable: its queues are unavailable until a reconnect works.
+    fn went_down(self: &Arc<Self>, shared: &Arc<BrokerShared>) {
+        self.set_up(false);
+        if self.retrying.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (peer, weak) = (self.clone(), Arc::downgrade(shared));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETRY_EVERY).await;
+                let Some(shared) = weak.upgrade() else { break };
+                if shared.shutdown.is_cancelled() {
+                    break;
+                }
+                match peer.open(&shared).await {
+                    Ok(l) => {
+                        *peer.link.lock().await = Some(l);
+                        tracing::info!(home = %peer.name, "a queue's home node is reachable again");
+                        peer.retrying.store(false, Ordering::SeqCst);
+                        peer.set_up(true);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(home = %peer.name, error = %e, "home node still unreachable")
+                    }
+                }
+            }
+            peer.retrying.store(false, Ordering::SeqCst);
+        });
     }
 }
 
 /// The node's cross-node queue state.
 #[derive(Default)]
 pub struct Registry {
-    /// Connections to peers by address. A std mutex: only held to look up or insert.
-    links: Mutex<HashMap<String, Arc<PeerLink>>>,
+    /// Home nodes by name. A std mutex: only held to look up or insert.
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
     /// Local channels consuming from queues on other nodes (where their deliveries go).
     local_channels: Mutex<HashMap<WireKey, ChannelRef>>,
-    /// Proxy channels of remote consumers of local queues, by (their node, their channel).
-    proxy_channels: Mutex<HashMap<(String, WireKey), ChannelRef>>,
 }
 
 impl Registry {
-    fn link(&self, addr: &str) -> Arc<PeerLink> {
-        self.links
+    fn peer(&self, name: &str) -> Arc<Peer> {
+        self.peers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(addr.to_string())
+            .entry(name.to_string())
             .or_insert_with(|| {
-                Arc::new(PeerLink {
-                    addr: addr.to_string(),
-                    conn: tokio::sync::Mutex::new(None),
+                Arc::new(Peer {
+                    name: name.to_string(),
+                    up: AtomicBool::new(true),
+                    flags: Mutex::new(Vec::new()),
+                    link: tokio::sync::Mutex::new(None),
+                    retrying: AtomicBool::new(false),
                 })
             })
             .clone()
     }
+}
+
+/// The local channel a delivery from another node is for.
+pub fn local_channel(shared: &BrokerShared, key: WireKey) -> Option<ChannelRef> {
+    shared
+        .remote
+        .local_channels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned()
 }
 
 /// Starts the proxy for a queue homed on `home`, returning its handle.
@@ -320,12 +368,27 @@ pub fn spawn(
     home: String,
     shared: Weak<BrokerShared>,
 ) -> QueueHandle {
-    let (handle, inbox) = QueueHandle::proxy(&def.name, &vhost.name, def.exclusive_owner, settings);
+    let available = Arc::new(AtomicBool::new(true));
+    let (handle, inbox) = QueueHandle::proxy(
+        &def.name,
+        &vhost.name,
+        def.exclusive_owner,
+        settings,
+        crate::queue::Home {
+            node: Arc::from(home.as_str()),
+            durable: def.durable,
+            available: available.clone(),
+        },
+    );
     let proxy = Proxy {
         shared,
         home,
-        vhost: vhost.name.to_string(),
-        queue: def.name.clone(),
+        vhost: vhost.name.clone(),
+        queue: Arc::from(def.name.as_str()),
+        durable: def.durable,
+        available,
+        peer: None,
+        link: None,
     };
     tokio::spawn(proxy.run(inbox));
     handle
@@ -334,175 +397,190 @@ pub fn spawn(
 struct Proxy {
     shared: Weak<BrokerShared>,
     home: String,
-    vhost: String,
-    queue: String,
+    vhost: Arc<str>,
+    queue: Arc<str>,
+    durable: bool,
+    available: Arc<AtomicBool>,
+    peer: Option<Arc<Peer>>,
+    /// The link last used (checked for being open before each use).
+    link: Option<Arc<Link>>,
+}
+
+/// RabbitMQ's text for a queue whose home node is down.
+pub fn home_down_text(home: &str, durable: bool, queue: &str, vhost: &str) -> String {
+    format!(
+        "home node '{home}' of {}queue '{queue}' in vhost '{vhost}' is down or inaccessible",
+        if durable { "durable " } else { "" }
+    )
 }
 
 impl Proxy {
     fn down(&self) -> ChannelError {
         ChannelError::new(
             ReplyCode::NotFound,
-            format!(
-                "home node '{}' of queue '{}' in vhost '{}' is down or inaccessible",
-                self.home, self.queue, self.vhost
-            ),
+            home_down_text(&self.home, self.durable, &self.queue, &self.vhost),
         )
     }
 
-    /// Sends an operation to the home node.
-    async fn call<T: serde::de::DeserializeOwned>(&self, op: QueueOp) -> Result<T, ChannelError> {
-        let shared = self.shared.upgrade().ok_or_else(|| self.down())?;
-        let addr = shared
-            .cluster()
-            .and_then(|c| {
-                let (disc, ram) = c.members();
-                disc.into_iter()
-                    .chain(ram)
-                    .find(|m| m.name == self.home)
-                    .map(|m| m.addr)
-            })
-            .ok_or_else(|| self.down())?;
-        let link = shared.remote.link(&addr);
-        let v = link.call(&shared, op).await.map_err(|e| {
-            tracing::debug!(home = %self.home, queue = %self.queue, error = %e, "forwarding to the home node failed");
-            self.down()
-        })?;
-        serde_json::from_value(v).map_err(|_| self.down())
+    fn names(&self) -> (String, String) {
+        (self.vhost.to_string(), self.queue.to_string())
     }
 
-    async fn run(self, mut inbox: ProxyInbox) {
-        let mut pending: Option<QueueCmd> = None;
+    /// The open link to the home node, or None while it is unreachable.
+    async fn link(&mut self) -> Option<Arc<Link>> {
+        if let Some(l) = self.link.as_ref().filter(|l| !l.is_closed()) {
+            return Some(l.clone());
+        }
+        let shared = self.shared.upgrade()?;
+        let peer = match &self.peer {
+            Some(p) => p.clone(),
+            None => {
+                let p = shared.remote.peer(&self.home);
+                p.track(&self.available);
+                self.peer = Some(p.clone());
+                p
+            }
+        };
+        self.link = peer.link(&shared).await;
+        self.link.clone()
+    }
+
+    /// Sends a request and decodes its answer.
+    async fn call<T: serde::de::DeserializeOwned>(&mut self, op: QueueOp) -> Option<T> {
+        let link = self.link().await?;
+        let reply = link.request(&op, CALL_TIMEOUT).await?;
+        serde_json::from_slice(&reply).ok()
+    }
+
+    async fn run(mut self, mut inbox: ProxyInbox) {
         loop {
-            let cmd = match pending.take() {
-                Some(c) => c,
-                None => tokio::select! {
-                    _ = inbox.stop.cancelled() => return,
-                    aux = inbox.aux.recv() => match aux {
-                        Some(Aux::DeadLetter(p)) => QueueCmd::Publish(p),
-                        Some(_) => continue,
-                        None => return,
-                    },
-                    cmd = inbox.commands.recv() => match cmd {
-                        Some(c) => c,
-                        None => return,
-                    },
+            let cmd = tokio::select! {
+                _ = inbox.stop.cancelled() => return,
+                aux = inbox.aux.recv() => match aux {
+                    Some(Aux::DeadLetter(p)) => QueueCmd::Publish(p),
+                    Some(_) => continue,
+                    None => return,
+                },
+                cmd = inbox.commands.recv() => match cmd {
+                    Some(c) => c,
+                    None => return,
                 },
             };
-            match cmd {
-                QueueCmd::Publish(first) => {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match inbox.commands.try_recv() {
-                            Ok(QueueCmd::Publish(p)) => batch.push(p),
-                            Ok(other) => {
-                                pending = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.publish(batch).await;
-                }
-                other => self.command(other).await,
-            }
+            self.command(cmd).await;
         }
     }
 
-    async fn publish(&self, batch: Vec<Publish>) {
-        let msgs = batch.iter().map(|p| encode(&p.msg)).collect();
-        let oks: Vec<bool> = self
-            .call(QueueOp::Publish {
-                vhost: self.vhost.clone(),
-                queue: self.queue.clone(),
-                msgs,
-            })
-            .await
-            .unwrap_or_default();
-        for (i, p) in batch.into_iter().enumerate() {
-            if let Some((channel, seq)) = p.confirm {
-                let ok = oks.get(i).copied().unwrap_or(false);
-                let _ = channel.events.send(ConnEvent::Confirm {
-                    channel: channel.key,
-                    seq,
-                    ok,
-                });
-            }
+    /// Streams one publish to the home queue; nacks it if the link is down or drops first.
+    async fn publish(&mut self, p: Publish) {
+        let refused = match self.link().await {
+            Some(link) => link
+                .publish(&self.vhost, &self.queue, &p.msg, p.confirm)
+                .await
+                .err()
+                .flatten(),
+            None => p.confirm,
+        };
+        // Not accepted by the home queue: nacked, never confirmed.
+        if let Some((channel, seq)) = refused {
+            let _ = channel.events.send(ConnEvent::Confirm {
+                channel: channel.key,
+                seq,
+                ok: false,
+            });
         }
     }
 
-    fn register(&self, channel: &ChannelRef) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared
-                .remote
-                .local_channels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(wire(channel.key), channel.clone());
-        }
-    }
-
-    async fn command(&self, cmd: QueueCmd) {
-        let (vhost, queue) = (self.vhost.clone(), self.queue.clone());
+    async fn command(&mut self, cmd: QueueCmd) {
+        let (vhost, queue) = self.names();
         match cmd {
-            QueueCmd::Publish(p) => self.publish(vec![p]).await,
-            QueueCmd::PublishBatch(batch) => self.publish(batch).await,
+            QueueCmd::Publish(p) => self.publish(p).await,
+            QueueCmd::PublishBatch(batch) => {
+                for p in batch {
+                    self.publish(p).await;
+                }
+            }
             QueueCmd::Consume(spec, reply) => {
-                self.register(&spec.channel);
                 let Some(shared) = self.shared.upgrade() else {
                     let _ = reply.send(Err(self.down()));
                     return;
                 };
-                let r: Result<WireResult<()>, ChannelError> = self
-                    .call(QueueOp::Consume {
-                        vhost,
-                        queue,
-                        origin: shared.identity.me.clone(),
-                        key: wire(spec.channel.key),
-                        tag: spec.tag.to_string(),
-                        no_ack: spec.no_ack,
-                        exclusive: spec.exclusive,
-                        prefetch: spec.prefetch,
-                        priority: spec.priority,
-                        global_limit: spec.channel.flow.global_limit(),
-                    })
-                    .await;
-                let _ = reply.send(r.and_then(|r| r.map_err(from_wire)));
+                let Some(link) = self.link().await else {
+                    let _ = reply.send(Err(self.down()));
+                    return;
+                };
+                // Registered first: deliveries may arrive before the answer.
+                shared
+                    .remote
+                    .local_channels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(wire(spec.channel.key), spec.channel.clone());
+                let op = QueueOp::Consume {
+                    vhost,
+                    queue,
+                    key: wire(spec.channel.key),
+                    tag: spec.tag.to_string(),
+                    no_ack: spec.no_ack,
+                    exclusive: spec.exclusive,
+                    prefetch: spec.prefetch,
+                    priority: spec.priority,
+                    global_limit: spec.channel.flow.global_limit(),
+                };
+                let r = match link.request(&op, CALL_TIMEOUT).await {
+                    Some(r) => serde_json::from_slice::<WireResult<()>>(&r)
+                        .map_err(|_| self.down())
+                        .and_then(|r| r.map_err(from_wire)),
+                    None => Err(self.down()),
+                };
+                if r.is_ok() {
+                    link.add_consumer(
+                        spec.channel.clone(),
+                        spec.tag.clone(),
+                        (self.vhost.clone(), self.queue.clone()),
+                    );
+                }
+                let _ = reply.send(r);
             }
             QueueCmd::Cancel(key, tag) => {
-                let _: Result<(), _> = self
-                    .call(QueueOp::Cancel {
+                if let Some(link) = self.link.as_ref().filter(|l| !l.is_closed()) {
+                    link.remove_consumers(
+                        &(self.vhost.clone(), self.queue.clone()),
+                        key,
+                        Some(&tag),
+                    );
+                    link.notify(&QueueOp::Cancel {
                         vhost,
                         queue,
                         key: wire(key),
                         tag: tag.to_string(),
-                    })
-                    .await;
+                    });
+                }
             }
             QueueCmd::Settle(key, ids, how) => {
-                let _: Result<(), _> = self
-                    .call(QueueOp::Settle {
-                        vhost,
-                        queue,
-                        key: wire(key),
-                        ids,
-                        how,
-                    })
-                    .await;
+                if let Some(link) = self.link.as_ref().filter(|l| !l.is_closed()) {
+                    link.settle(&self.vhost, &self.queue, wire(key), &ids, how);
+                }
             }
             QueueCmd::ChannelClosed(key) => {
                 if let Some(shared) = self.shared.upgrade() {
-                    forget_local_channel(&shared, key);
+                    shared
+                        .remote
+                        .local_channels
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&wire(key));
                 }
-                let _: Result<(), _> = self
-                    .call(QueueOp::ChannelClosed {
+                if let Some(link) = self.link.as_ref().filter(|l| !l.is_closed()) {
+                    link.remove_consumers(&(self.vhost.clone(), self.queue.clone()), key, None);
+                    link.notify(&QueueOp::ChannelClosed {
                         vhost,
                         queue,
                         key: wire(key),
-                    })
-                    .await;
+                    });
+                }
             }
             QueueCmd::Get(key, no_ack, reply) => {
-                let r: Result<WireResult<Option<WireGet>>, _> = self
+                let r: Option<WireResult<Option<WireGet>>> = self
                     .call(QueueOp::Get {
                         vhost,
                         queue,
@@ -510,8 +588,8 @@ impl Proxy {
                         no_ack,
                     })
                     .await;
-                // An error drops the reply: the channel sees the queue gone.
-                if let Ok(Ok(got)) = r {
+                // An error drops the reply: the channel sees the queue unavailable.
+                if let Some(Ok(got)) = r {
                     let got = got.and_then(|g| {
                         Some(GetOk {
                             msg_id: g.msg_id,
@@ -524,14 +602,13 @@ impl Proxy {
                 }
             }
             QueueCmd::Purge(reply) => {
-                let r: Result<WireResult<u32>, _> =
-                    self.call(QueueOp::Purge { vhost, queue }).await;
-                if let Ok(Ok(n)) = r {
+                let r: Option<WireResult<u32>> = self.call(QueueOp::Purge { vhost, queue }).await;
+                if let Some(Ok(n)) = r {
                     let _ = reply.send(n);
                 }
             }
             QueueCmd::CheckDelete(if_unused, if_empty, reply) => {
-                let r: Result<WireResult<u32>, _> = self
+                let r: Option<WireResult<u32>> = self
                     .call(QueueOp::CheckDelete {
                         vhost,
                         queue,
@@ -539,19 +616,23 @@ impl Proxy {
                         if_empty,
                     })
                     .await;
-                let _ = reply.send(r.and_then(|r| r.map_err(from_wire)));
+                let r = match r {
+                    Some(r) => r.map_err(from_wire),
+                    None => Err(self.down()),
+                };
+                let _ = reply.send(r);
             }
             QueueCmd::Stats(reply) => {
-                let r: Result<WireResult<(u32, u32)>, _> =
+                let r: Option<WireResult<(u32, u32)>> =
                     self.call(QueueOp::Stats { vhost, queue }).await;
-                if let Ok(Ok(s)) = r {
+                if let Some(Ok(s)) = r {
                     let _ = reply.send(s);
                 }
             }
             QueueCmd::Info(reply) => {
-                let r: Result<WireResult<QueueInfo>, _> =
+                let r: Option<WireResult<QueueInfo>> =
                     self.call(QueueOp::Info { vhost, queue }).await;
-                if let Ok(Ok(i)) = r {
+                if let Some(Ok(i)) = r {
                     let _ = reply.send(i);
                 }
             }
@@ -577,85 +658,13 @@ fn ok<T: Serialize>(v: T) -> Result<Value, RemoteError> {
     serde_json::to_value(v).map_err(|e| RemoteError::software(e.to_string()))
 }
 
-/// Runs a forwarded queue operation on this (home) node, or delivers pushed events.
+/// Runs a control operation on a queue homed on this node. Consumers and channel closes
+/// concern a queue link's state and are refused here (the link serves them).
 pub async fn handle(shared: &Arc<BrokerShared>, op: QueueOp) -> Result<Value, RemoteError> {
     match op {
-        QueueOp::Publish { vhost, queue, msgs } => {
-            let q = match local_queue(shared, &vhost, &queue) {
-                Ok(q) => q,
-                Err(_) => return ok(vec![false; msgs.len()]),
-            };
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let confirm_ref = ChannelRef {
-                key: unwire((0, 0, 0)),
-                events: tx,
-                flow: Arc::new(ChannelFlow::default()),
-            };
-            let mut oks = vec![false; msgs.len()];
-            let mut waiting = 0usize;
-            for (i, m) in msgs.iter().enumerate() {
-                let Some(msg) = decode_msg(m) else {
-                    continue;
-                };
-                let accepted = q
-                    .publish(Publish {
-                        msg: Arc::new(msg),
-                        confirm: Some((confirm_ref.clone(), i as u64)),
-                    })
-                    .await;
-                if accepted {
-                    waiting += 1;
-                }
-            }
-            drop(confirm_ref);
-            let wait = async {
-                while waiting > 0 {
-                    match rx.recv().await {
-                        Some(ConnEvent::Confirm { seq, ok, .. }) => {
-                            if let Some(slot) = oks.get_mut(seq as usize) {
-                                *slot = ok;
-                            }
-                            waiting -= 1;
-                        }
-                        Some(_) => {}
-                        None => break,
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(CALL_TIMEOUT, wait).await;
-            ok(oks)
-        }
-        QueueOp::Consume {
-            vhost,
-            queue,
-            origin,
-            key,
-            tag,
-            no_ack,
-            exclusive,
-            prefetch,
-            priority,
-            global_limit,
-        } => {
-            let q = match local_queue(shared, &vhost, &queue) {
-                Ok(q) => q,
-                Err(e) => return ok(WireResult::<()>::Err(e)),
-            };
-            let channel = proxy_channel(shared, &origin, key);
-            channel.flow.set_global_limit(global_limit);
-            let r = q
-                .consume(ConsumerSpec {
-                    tag: Arc::from(tag.as_str()),
-                    channel,
-                    no_ack,
-                    exclusive,
-                    prefetch,
-                    priority,
-                })
-                .await
-                .map_err(to_wire);
-            ok(r)
-        }
+        QueueOp::Consume { .. } | QueueOp::ChannelClosed { .. } => Err(RemoteError::usage(
+            "consumers of a queue on another node are registered over the queue link",
+        )),
         QueueOp::Cancel {
             vhost,
             queue,
@@ -665,43 +674,6 @@ pub async fn handle(shared: &Arc<BrokerShared>, op: QueueOp) -> Result<Value, Re
             if let Ok(q) = local_queue(shared, &vhost, &queue) {
                 q.cancel(unwire(key), Arc::from(tag.as_str())).await;
             }
-            ok(())
-        }
-        QueueOp::Settle {
-            vhost,
-            queue,
-            key,
-            ids,
-            how,
-        } => {
-            let n = ids.len() as u32;
-            if let Ok(q) = local_queue(shared, &vhost, &queue) {
-                q.settle(unwire(key), ids, how).await;
-            }
-            let flows: Vec<Arc<ChannelFlow>> = shared
-                .remote
-                .proxy_channels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .filter(|((_, k), _)| *k == key)
-                .map(|(_, c)| c.flow.clone())
-                .collect();
-            for f in flows {
-                f.settled(n);
-            }
-            ok(())
-        }
-        QueueOp::ChannelClosed { vhost, queue, key } => {
-            if let Ok(q) = local_queue(shared, &vhost, &queue) {
-                q.channel_closed(unwire(key)).await;
-            }
-            shared
-                .remote
-                .proxy_channels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|(_, k), _| *k != key);
             ok(())
         }
         QueueOp::Get {
@@ -756,193 +728,36 @@ pub async fn handle(shared: &Arc<BrokerShared>, op: QueueOp) -> Result<Value, Re
             };
             ok(r)
         }
-        QueueOp::Events(events) => {
-            deliver_events(shared, events);
-            ok(())
-        }
     }
 }
 
-/// Hands events pushed by a home node to the local channels they are for.
-fn deliver_events(shared: &BrokerShared, events: Vec<RemoteEvent>) {
-    let channel = |key: WireKey| {
-        shared
-            .remote
-            .local_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned()
-    };
-    let handle = |vhost: &str, queue: &str| shared.vhost(vhost).and_then(|v| v.queue(queue));
-    for e in events {
-        match e {
-            RemoteEvent::Deliver {
-                key,
-                tag,
-                vhost,
-                queue,
-                msg_id,
-                msg,
-                redelivered,
-                no_ack,
-            } => {
-                let (Some(ch), Some(q), Some(msg)) =
-                    (channel(key), handle(&vhost, &queue), decode_msg(&msg))
-                else {
-                    continue;
-                };
-                ch.flow.acquire_granted(no_ack);
-                let _ = ch.events.send(ConnEvent::Deliver(Delivery {
+/// Hands an event pushed by a home node to the local channel it is for.
+pub fn deliver_event(shared: &BrokerShared, event: RemoteEvent) {
+    match event {
+        RemoteEvent::Cancelled { key, tag } => {
+            if let Some(ch) = local_channel(shared, key) {
+                let _ = ch.events.send(ConnEvent::ConsumerCancelled {
+                    channel: ch.key,
+                    consumer_tag: Arc::from(tag.as_str()),
+                });
+            }
+        }
+        RemoteEvent::TimedOut {
+            key,
+            tag,
+            vhost,
+            queue,
+            msg_ids,
+        } => {
+            let q = shared.vhost(&vhost).and_then(|v| v.queue(&queue));
+            if let (Some(ch), Some(q)) = (local_channel(shared, key), q) {
+                let _ = ch.events.send(ConnEvent::ConsumerTimedOut {
                     channel: ch.key,
                     consumer_tag: Arc::from(tag.as_str()),
                     queue: q,
-                    msg_id,
-                    msg: Arc::new(msg),
-                    redelivered,
-                    no_ack,
-                }));
-            }
-            RemoteEvent::Cancelled { key, tag } => {
-                if let Some(ch) = channel(key) {
-                    let _ = ch.events.send(ConnEvent::ConsumerCancelled {
-                        channel: ch.key,
-                        consumer_tag: Arc::from(tag.as_str()),
-                    });
-                }
-            }
-            RemoteEvent::TimedOut {
-                key,
-                tag,
-                vhost,
-                queue,
-                msg_ids,
-            } => {
-                if let (Some(ch), Some(q)) = (channel(key), handle(&vhost, &queue)) {
-                    let _ = ch.events.send(ConnEvent::ConsumerTimedOut {
-                        channel: ch.key,
-                        consumer_tag: Arc::from(tag.as_str()),
-                        queue: q,
-                        msg_ids,
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// The proxy channel standing for `origin`'s channel `key` on this home node: its events
-/// are pushed to `origin` in batches by one forwarding task.
-fn proxy_channel(shared: &Arc<BrokerShared>, origin: &Member, key: WireKey) -> ChannelRef {
-    let mut map = shared
-        .remote
-        .proxy_channels
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = map.get(&(origin.name.clone(), key)) {
-        return c.clone();
-    }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let channel = ChannelRef {
-        key: unwire(key),
-        events: tx,
-        flow: Arc::new(ChannelFlow::default()),
-    };
-    map.insert((origin.name.clone(), key), channel.clone());
-    tokio::spawn(forward_events(
-        Arc::downgrade(shared),
-        origin.clone(),
-        key,
-        channel.flow.clone(),
-        rx,
-    ));
-    channel
-}
-
-async fn forward_events(
-    shared: Weak<BrokerShared>,
-    origin: Member,
-    key: WireKey,
-    flow: Arc<ChannelFlow>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<ConnEvent>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut events = vec![first];
-        while events.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(e) => events.push(e),
-                Err(_) => break,
-            }
-        }
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let mut delivered = 0u32;
-        let mut queues: Vec<QueueHandle> = Vec::new();
-        let wire_events: Vec<RemoteEvent> = events
-            .into_iter()
-            .filter_map(|e| match e {
-                ConnEvent::Deliver(d) => {
-                    delivered += 1;
-                    if !queues.iter().any(|q| q.same(&d.queue)) {
-                        queues.push(d.queue.clone());
-                    }
-                    Some(RemoteEvent::Deliver {
-                        key,
-                        tag: d.consumer_tag.to_string(),
-                        vhost: d.queue.vhost().to_string(),
-                        queue: d.queue.name().to_string(),
-                        msg_id: d.msg_id,
-                        msg: encode(&d.msg),
-                        redelivered: d.redelivered,
-                        no_ack: d.no_ack,
-                    })
-                }
-                ConnEvent::ConsumerCancelled { consumer_tag, .. } => Some(RemoteEvent::Cancelled {
-                    key,
-                    tag: consumer_tag.to_string(),
-                }),
-                ConnEvent::ConsumerTimedOut {
-                    consumer_tag,
-                    queue,
                     msg_ids,
-                    ..
-                } => Some(RemoteEvent::TimedOut {
-                    key,
-                    tag: consumer_tag.to_string(),
-                    vhost: queue.vhost().to_string(),
-                    queue: queue.name().to_string(),
-                    msg_ids,
-                }),
-                _ => None,
-            })
-            .collect();
-        let link = shared.remote.link(&origin.addr);
-        let sent = link.call(&shared, QueueOp::Events(wire_events)).await;
-        // Sent (or not): the deliveries are no longer in transit here.
-        flow.written(delivered);
-        if let Err(e) = sent {
-            // The consumer's node is gone: its deliveries go back to the queues.
-            tracing::info!(node = %origin.name, error = %e, "a remote consumer's node is unreachable; requeueing its deliveries");
-            shared
-                .remote
-                .proxy_channels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&(origin.name.clone(), key));
-            for q in queues {
-                q.channel_closed(unwire(key)).await;
+                });
             }
         }
     }
-}
-
-/// Forgets a local channel that consumed from queues on other nodes (it closed).
-pub fn forget_local_channel(shared: &BrokerShared, key: ChannelKey) {
-    shared
-        .remote
-        .local_channels
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&wire(key));
 }

@@ -315,6 +315,11 @@ async fn serve(
     let proof = auth::server_proof(cookie, &server_nonce, &client_nonce, &node);
     write_frame(&mut socket, &Handshake::Accepted { proof: b64(&proof) }).await?;
     tracing::debug!(%peer, %name, role = role.name(), "distribution peer authenticated");
+    if role == Role::QueueLink {
+        // From here on the connection speaks the queue link's binary frames.
+        crate::cluster::link::serve(&shared, socket, name).await;
+        return Ok(());
+    }
     loop {
         let request: Request = tokio::select! {
             r = read_frame(&mut socket) => match r {
@@ -327,9 +332,9 @@ async fn serve(
         let stop = matches!(request.op, Op::Ctl(ctl::CtlOp::Stop));
         let result = match (role, request.op) {
             (_, Op::Ctl(ctl::CtlOp::Stop)) => Ok(ctl::Reply::Done),
-            (Role::Ctl | Role::Node, Op::Ctl(op)) => shared.handle_ctl(op).await,
+            (Role::Ctl | Role::Node | Role::QueueLink, Op::Ctl(op)) => shared.handle_ctl(op).await,
             (Role::Node, Op::Peer(op)) => shared.handle_peer(op).await,
-            (Role::Ctl, Op::Peer(_)) => Err(RemoteError::usage(
+            (Role::Ctl | Role::QueueLink, Op::Peer(_)) => Err(RemoteError::usage(
                 "peer requests are only accepted from cluster nodes",
             )),
         };
@@ -473,6 +478,12 @@ impl Client {
             next_id: 1,
             node,
         })
+    }
+
+    /// The authenticated connection itself, for a peer that switches to another framing
+    /// after the handshake (`Role::QueueLink`).
+    pub fn into_stream(self) -> BoxedStream {
+        self.socket
     }
 
     /// The name of the node this client is connected to.

@@ -26,6 +26,9 @@ pub enum Role {
     Ctl,
     /// Another node of the cluster.
     Node,
+    /// Another node's queue link: after the handshake the connection carries the binary
+    /// frames of `cluster::link` (publishes, deliveries, acks of queues homed here).
+    QueueLink,
 }
 
 impl Role {
@@ -34,6 +37,7 @@ impl Role {
         match self {
             Role::Ctl => "ctl",
             Role::Node => "node",
+            Role::QueueLink => "queue_link",
         }
     }
 }

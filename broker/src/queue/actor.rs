@@ -217,6 +217,7 @@ pub(crate) fn spawn(
             stop: stop.clone(),
             remote: false,
             room: tokio::sync::Semaphore::new(INBOX_CAPACITY),
+            home: None,
         }),
     };
     let recovered = disk.as_ref().map(|d| d.recovered).unwrap_or_default();

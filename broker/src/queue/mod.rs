@@ -10,6 +10,7 @@ use crate::delivery::{ChannelKey, ChannelRef, ConnEvent};
 use crate::error::ChannelError;
 use crate::message::Message;
 use crate::policy::QueueSettings;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -142,6 +143,18 @@ struct Inner {
     /// publishers run further ahead of the queue than one message per slot would. Closed
     /// when the actor stops.
     room: Semaphore,
+    /// For a queue on another node: where it lives and whether that node is reachable.
+    home: Option<Home>,
+}
+
+/// Where a queue on another node lives, as its handle knows it.
+pub(crate) struct Home {
+    /// The home node's name.
+    pub(crate) node: Arc<str>,
+    /// The queue is durable (RabbitMQ's "home node down" text says so).
+    pub(crate) durable: bool,
+    /// False while the home node cannot be reached (kept current by the proxy's link).
+    pub(crate) available: Arc<AtomicBool>,
 }
 
 /// What a proxy task for a queue on another node receives: the handle's commands and its
@@ -235,7 +248,19 @@ impl PublishBatches {
 }
 
 fn gone(handle: &QueueHandle) -> ChannelError {
-    ChannelError::no_queue(&handle.inner.vhost, &handle.inner.name)
+    match &handle.inner.home {
+        // A proxy that did not answer: the home node could not be reached.
+        Some(home) if !handle.inner.stop.is_cancelled() => ChannelError::new(
+            warren_amqp::ReplyCode::NotFound,
+            crate::cluster::remote_queue::home_down_text(
+                &home.node,
+                home.durable,
+                &handle.inner.name,
+                &handle.inner.vhost,
+            ),
+        ),
+        _ => ChannelError::no_queue(&handle.inner.vhost, &handle.inner.name),
+    }
 }
 
 impl QueueHandle {
@@ -245,6 +270,7 @@ impl QueueHandle {
         vhost: &Arc<str>,
         exclusive_owner: Option<u64>,
         settings: QueueSettings,
+        home: Home,
     ) -> (QueueHandle, ProxyInbox) {
         let (tx, commands) = mpsc::channel(INBOX_CAPACITY);
         let (aux, aux_rx) = mpsc::unbounded_channel();
@@ -261,6 +287,7 @@ impl QueueHandle {
                 stop: stop.clone(),
                 remote: true,
                 room: Semaphore::new(INBOX_CAPACITY),
+                home: Some(home),
             }),
         };
         (
@@ -276,6 +303,20 @@ impl QueueHandle {
     /// True when the queue lives on another node.
     pub fn is_remote(&self) -> bool {
         self.inner.remote
+    }
+
+    /// False when the queue lives on another node that cannot be reached now: publishes
+    /// do not route to it.
+    pub fn is_available(&self) -> bool {
+        self.inner
+            .home
+            .as_ref()
+            .is_none_or(|h| h.available.load(Ordering::Relaxed))
+    }
+
+    /// True once the queue was stopped (deleted): a cached handle is stale.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stop.is_cancelled()
     }
 
     /// The queue's name.
