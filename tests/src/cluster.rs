@@ -1,12 +1,21 @@
-//! `TestCluster`: N Warren nodes in this process, each with its own AMQP port, distribution
-//! port, data directory and `name@localhost` node name, sharing one cookie file. Nodes are
-//! clustered the way an operator does it: `warrenctl stop_app`, `join_cluster`,
-//! `start_app`. A node can be stopped and started again on the same ports and data.
+//! `TestCluster`: N Warren nodes, each with its own AMQP port, distribution port, data
+//! directory and `name@localhost` node name, sharing one cookie file. Nodes are clustered
+//! the way an operator does it: `warrenctl stop_app`, `join_cluster`, `start_app`. A node
+//! can be stopped and started again on the same ports and data.
+//!
+//! `TestCluster::start` runs the nodes in this process. `TestCluster::start_proxied` runs
+//! them as `warren-server` child processes (so a node can be killed with SIGKILL) whose
+//! distribution links all pass through fault-injecting proxies: node X reaches node Y at
+//! the proxy P(X→Y), through the `cluster_peer_addresses` setting, so a test can cut, delay,
+//! blackhole and heal each direction of each link (`partition(i)`, `heal(i)`).
 
-use crate::process::{free_port, warrenctl_binary};
+use crate::process::{free_port, warrenctl_binary, ServerProcess};
+use crate::proxy::Proxy;
 use crate::CtlOutput;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One node of a test cluster.
 pub struct ClusterNode {
@@ -21,6 +30,9 @@ pub struct ClusterNode {
     /// Its cookie file.
     pub cookie_file: PathBuf,
     running: Option<warren_broker::RunningBroker>,
+    /// A node run as a child process: the config file it reads.
+    process_config: Option<PathBuf>,
+    process: Option<ServerProcess>,
 }
 
 impl ClusterNode {
@@ -33,11 +45,31 @@ impl ClusterNode {
             data_dir: dir.join(name),
             cookie_file,
             running: None,
+            process_config: None,
+            process: None,
         }
     }
 
-    /// Starts the node (recovering what its data directory holds).
+    /// Starts the node (recovering what its data directory holds); a process node returns
+    /// once it accepts AMQP connections.
     pub async fn start(&mut self) {
+        if let Some(config_file) = self.process_config.clone() {
+            let (name, dist, cookie) = (
+                self.name.clone(),
+                self.dist_port.to_string(),
+                self.cookie_file.clone(),
+            );
+            let process = ServerProcess::start_with(&self.data_dir, self.amqp_port, |cmd| {
+                cmd.arg("--config")
+                    .arg(&config_file)
+                    .env("WARREN_NODENAME", &name)
+                    .env("WARREN_DIST_PORT", &dist)
+                    .env("WARREN_COOKIE_FILE", &cookie);
+            })
+            .await;
+            self.process = Some(process);
+            return;
+        }
         let mut config = warren_broker::Config::for_tests(&self.data_dir);
         config.port = self.amqp_port;
         config.dist_port = Some(self.dist_port);
@@ -54,11 +86,27 @@ impl ClusterNode {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+        if let Some(mut p) = self.process.take() {
+            tokio::task::spawn_blocking(move || p.stop())
+                .await
+                .expect("the node stopped");
+        }
+    }
+
+    /// Kills a process node with SIGKILL (no clean shutdown) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        assert!(
+            self.process_config.is_some(),
+            "only a process node can be killed"
+        );
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
     }
 
     /// True while the node runs.
     pub fn is_running(&self) -> bool {
-        self.running.is_some()
+        self.running.is_some() || self.process.is_some()
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
@@ -71,7 +119,7 @@ impl ClusterNode {
         format!("{}:{}", self.name, self.dist_port)
     }
 
-    /// The running application's shared state.
+    /// The running application's shared state (an in-process node only).
     pub fn shared(&self) -> Option<Arc<warren_broker::broker::BrokerShared>> {
         self.running.as_ref().and_then(|r| r.node().app())
     }
@@ -137,6 +185,9 @@ pub struct TestCluster {
     pub nodes: Vec<ClusterNode>,
     /// The shared directory.
     pub dir: tempfile::TempDir,
+    /// The proxy on each distribution link of a proxied cluster, by (from, to) node index:
+    /// node `from` dials node `to` at `links[(from, to)]`.
+    links: HashMap<(usize, usize), Proxy>,
     /// Clusters run one at a time: several Raft groups electing leaders on a loaded 2-core
     /// machine at once miss their election timeouts.
     _turn: tokio::sync::OwnedMutexGuard<()>,
@@ -154,25 +205,126 @@ impl TestCluster {
         crate::within(60, "start the nodes", Self::standalone_now(n, turn)).await
     }
 
-    async fn standalone_now(n: usize, turn: tokio::sync::OwnedMutexGuard<()>) -> TestCluster {
+    /// `n` nodes (not started) with fresh ports and names, in a new temporary directory.
+    fn unstarted(n: usize, turn: tokio::sync::OwnedMutexGuard<()>) -> TestCluster {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let cookie_file = dir.path().join(".warren.cookie");
         let tag = crate::unique("c");
         let tag = tag.rsplit('-').take(2).collect::<Vec<_>>().join("");
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            let mut node = ClusterNode::new(
-                dir.path(),
-                &format!("n{}-{tag}", i + 1),
-                cookie_file.clone(),
-            );
-            node.start().await;
-            nodes.push(node);
-        }
+        let nodes = (0..n)
+            .map(|i| {
+                ClusterNode::new(
+                    dir.path(),
+                    &format!("n{}-{tag}", i + 1),
+                    cookie_file.clone(),
+                )
+            })
+            .collect();
         TestCluster {
             nodes,
             dir,
+            links: HashMap::new(),
             _turn: turn,
+        }
+    }
+
+    async fn standalone_now(n: usize, turn: tokio::sync::OwnedMutexGuard<()>) -> TestCluster {
+        let mut cluster = Self::unstarted(n, turn);
+        for node in cluster.nodes.iter_mut() {
+            node.start().await;
+        }
+        cluster
+    }
+
+    /// Starts `n` `warren-server` processes whose distribution links each pass through a
+    /// proxy (node X dials node Y at the proxy P(X→Y), configured as Y's address in X's
+    /// `cluster_peer_addresses`), and clusters them as `start` does.
+    pub async fn start_proxied(n: usize) -> TestCluster {
+        let turn = turns().lock_owned().await;
+        // Build the binaries first (a no-op when up to date), outside the start's time limit.
+        tokio::task::spawn_blocking(|| {
+            crate::process::server_binary();
+            warrenctl_binary();
+        })
+        .await
+        .expect("build the binaries");
+        let mut cluster = Self::unstarted(n, turn);
+        for from in 0..n {
+            for to in (0..n).filter(|&to| to != from) {
+                let target =
+                    std::net::SocketAddr::from(([127, 0, 0, 1], cluster.nodes[to].dist_port));
+                cluster.links.insert((from, to), Proxy::start(target).await);
+            }
+        }
+        for from in 0..n {
+            let mut text = String::from("[cluster_peer_addresses]\n");
+            for to in (0..n).filter(|&to| to != from) {
+                text.push_str(&format!(
+                    "\"{}\" = \"{}\"\n",
+                    cluster.nodes[to].name,
+                    cluster.links[&(from, to)].addr()
+                ));
+            }
+            let path = cluster.dir.path().join(format!("node{}.toml", from + 1));
+            std::fs::write(&path, text).expect("write the node's config file");
+            cluster.nodes[from].process_config = Some(path);
+        }
+        crate::within(120, "start and join the proxied nodes", async {
+            for node in cluster.nodes.iter_mut() {
+                node.start().await;
+            }
+            for i in 1..n {
+                cluster.nodes[i].join(&cluster.nodes[0], false).await;
+            }
+        })
+        .await;
+        cluster
+    }
+
+    /// The proxy node `from` reaches node `to` through (a proxied cluster only).
+    pub fn link(&self, from: usize, to: usize) -> &Proxy {
+        self.links
+            .get(&(from, to))
+            .expect("a proxied cluster has a proxy on every link")
+    }
+
+    /// The links to and from node `i`, both directions.
+    fn links_of(&self, i: usize) -> impl Iterator<Item = &Proxy> {
+        self.links
+            .iter()
+            .filter(move |((from, to), _)| *from == i || *to == i)
+            .map(|(_, p)| p)
+    }
+
+    /// Partitions node `i` from the others, both directions: its current distribution
+    /// connections are cut and new ones are blackholed (accepted, never answered).
+    pub fn partition(&self, i: usize) {
+        for p in self.links_of(i) {
+            p.blackhole(true);
+            p.cut();
+        }
+    }
+
+    /// Heals a partition of node `i`: new connections are forwarded again (connections held
+    /// in the blackhole are dropped, so their dialers retry at once).
+    pub fn heal(&self, i: usize) {
+        for p in self.links_of(i) {
+            p.blackhole(false);
+            p.cut();
+        }
+    }
+
+    /// Cuts every current distribution connection (nodes reconnect through the proxies).
+    pub fn cut_links(&self) {
+        for p in self.links.values() {
+            p.cut();
+        }
+    }
+
+    /// Adds `latency` in each direction of every distribution link.
+    pub fn delay_links(&self, latency: Duration) {
+        for p in self.links.values() {
+            p.delay(latency);
         }
     }
 

@@ -359,7 +359,7 @@ impl Proxy {
                 disc.into_iter()
                     .chain(ram)
                     .find(|m| m.name == self.home)
-                    .map(|m| m.addr)
+                    .map(|m| c.dial_addr(&m))
             })
             .ok_or_else(|| self.down())?;
         let link = shared.remote.link(&addr);
@@ -916,7 +916,7 @@ async fn forward_events(
                 _ => None,
             })
             .collect();
-        let link = shared.remote.link(&origin.addr);
+        let link = shared.remote.link(&shared.identity.dial_addr(&origin));
         let sent = link.call(&shared, QueueOp::Events(wire_events)).await;
         // Sent (or not): the deliveries are no longer in transit here.
         flow.written(delivered);

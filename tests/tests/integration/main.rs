@@ -6,6 +6,7 @@ mod alarms;
 mod auth;
 mod basic;
 mod cluster;
+mod cluster_faults;
 mod config_file;
 mod confirms_tx;
 mod connection;
