@@ -193,6 +193,17 @@ pub struct TestCluster {
     _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
+/// Builds warren-server and warrenctl (a no-op when up to date) before a test's time
+/// limits start: a build on a loaded machine can take minutes.
+async fn prebuild() {
+    tokio::task::spawn_blocking(|| {
+        crate::process::server_binary();
+        warrenctl_binary();
+    })
+    .await
+    .expect("build the binaries");
+}
+
 fn turns() -> Arc<tokio::sync::Mutex<()>> {
     static TURNS: std::sync::OnceLock<Arc<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
     TURNS.get_or_init(Default::default).clone()
@@ -202,6 +213,7 @@ impl TestCluster {
     /// Starts `n` standalone nodes (not clustered yet), once no other test cluster runs.
     pub async fn standalone(n: usize) -> TestCluster {
         let turn = turns().lock_owned().await;
+        prebuild().await;
         crate::within(60, "start the nodes", Self::standalone_now(n, turn)).await
     }
 
@@ -241,13 +253,7 @@ impl TestCluster {
     /// `cluster_peer_addresses`), and clusters them as `start` does.
     pub async fn start_proxied(n: usize) -> TestCluster {
         let turn = turns().lock_owned().await;
-        // Build the binaries first (a no-op when up to date), outside the start's time limit.
-        tokio::task::spawn_blocking(|| {
-            crate::process::server_binary();
-            warrenctl_binary();
-        })
-        .await
-        .expect("build the binaries");
+        prebuild().await;
         let mut cluster = Self::unstarted(n, turn);
         for from in 0..n {
             for to in (0..n).filter(|&to| to != from) {
