@@ -68,6 +68,7 @@ launch() { # node
         --dist-port $((p + 20000)) --http-port $((p + 10000)) --data-dir "$WORK/bench$1" \
         >>"$WORK/bench$1.log" 2>&1 &
     PIDS[$1]=$!
+    disown "$!" # no job report when the cleanup kills it
 }
 
 stop() { # node: SIGTERM, wait until gone
