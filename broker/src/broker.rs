@@ -100,8 +100,13 @@ fn encode_command(cmd: &MetaCommand) -> Vec<u8> {
 
 impl BrokerShared {
     /// Opens the store under the data directory, recovers definitions and messages, and
-    /// starts every durable queue.
-    pub async fn start(config: Config, identity: Identity) -> Result<Arc<Self>, StartError> {
+    /// starts every durable queue. `force_boot`: the disc members to keep besides this
+    /// node when the Raft membership is forced (see `RaftDisk::force_membership`).
+    pub async fn start(
+        config: Config,
+        identity: Identity,
+        force_boot: Option<Vec<String>>,
+    ) -> Result<Arc<Self>, StartError> {
         let dir = config.data_dir.clone();
         let clustered = crate::cluster::read_cluster_file(&config.data_dir);
         let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
@@ -110,6 +115,18 @@ impl BrokerShared {
             .map_err(StartError::Store)?;
         let (db, ks) = Store::raft_keyspace(&opened).map_err(StartError::Store)?;
         let raft_disk = RaftDisk::new(db, ks);
+        if let (Some(keep), Some(file)) = (force_boot, clustered.as_ref()) {
+            if !file.ram {
+                let mut ids: std::collections::BTreeSet<u64> =
+                    keep.iter().map(|n| crate::cluster::node_id(n)).collect();
+                ids.insert(crate::cluster::node_id(&identity.me.name));
+                let d = raft_disk.clone();
+                tokio::task::spawn_blocking(move || d.force_membership(&ids))
+                    .await
+                    .map_err(|e| StartError::Task(e.to_string()))?
+                    .map_err(|e| StartError::Task(format!("force_boot failed: {e}")))?;
+            }
+        }
         if clustered.as_ref().is_some_and(|c| c.ram) {
             // A RAM node keeps no Raft state on disk: whatever a disc past left goes.
             let d = raft_disk.clone();
@@ -211,7 +228,8 @@ impl BrokerShared {
             // The Raft member re-applies the committed log: definitions and queues return.
             let disk = (!file.ram).then_some(raft_disk);
             let cluster = Cluster::start(&shared, &shared.identity, disk).await?;
-            *shared.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster);
+            *shared.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster.clone());
+            crate::cluster::spawn_node_monitor(&shared, cluster);
             return Ok(shared);
         }
         // Rebuild the run-time state by applying the recovered definitions (not logged again).
@@ -315,6 +333,9 @@ impl BrokerShared {
             return Err(e);
         }
         tracing::info!(node = %self.identity.me.name, "formed a cluster");
+        if let Some(me) = self.me.upgrade() {
+            crate::cluster::spawn_node_monitor(&me, cluster.clone());
+        }
         Ok(cluster)
     }
 

@@ -88,6 +88,30 @@ pub struct Config {
     /// Cluster members this node reaches at another address than the one they advertise
     /// (`name@host` to `host:port` of their distribution port): NAT, port forwarding.
     pub cluster_peer_addresses: std::collections::BTreeMap<String, String>,
+    /// The members a fresh node joins at its first start (RabbitMQ's classic config peer
+    /// discovery): `name@host` or `name@host:dist_port`, tried in order.
+    pub cluster_nodes: Vec<String>,
+    /// The type a fresh node joins `cluster_nodes` as: a RAM node (learner) when true.
+    pub cluster_node_ram: bool,
+    /// How many times a fresh node tries `cluster_nodes` before it starts standalone
+    /// (RabbitMQ's `cluster_formation.discovery_retry_limit`).
+    pub discovery_retry_limit: u32,
+    /// The pause between those tries, in ms (`cluster_formation.discovery_retry_interval`).
+    pub discovery_retry_interval_ms: u64,
+    /// Mutual TLS on the distribution port, when configured.
+    pub dist_tls: Option<DistTlsConfig>,
+}
+
+/// Mutual TLS on the distribution port: every node and warrenctl presents a certificate
+/// signed by the CA, and verifies the other end's against it.
+#[derive(Debug, Clone)]
+pub struct DistTlsConfig {
+    /// This node's certificate chain (PEM).
+    pub certfile: PathBuf,
+    /// This node's private key (PEM).
+    pub keyfile: PathBuf,
+    /// The CA that signs every node's (and warrenctl's) certificate (PEM).
+    pub cacertfile: PathBuf,
 }
 
 /// The AMQPS listener's settings (RabbitMQ's `listeners.ssl` and `ssl_options`).
@@ -201,6 +225,11 @@ impl Default for Config {
             tls: None,
             log_level: "info".into(),
             cluster_peer_addresses: Default::default(),
+            cluster_nodes: Vec::new(),
+            cluster_node_ram: false,
+            discovery_retry_limit: 10,
+            discovery_retry_interval_ms: 500,
+            dist_tls: None,
         }
     }
 }
@@ -340,6 +369,44 @@ struct FileConfig {
     tls: Option<FileTls>,
     shovel: Option<Vec<serde_json::Value>>,
     cluster_peer_addresses: Option<std::collections::BTreeMap<String, String>>,
+    cluster_nodes: Option<Vec<String>>,
+    cluster_node_type: Option<NodeType>,
+    cluster_formation: Option<FileFormation>,
+    dist_tls: Option<FileDistTls>,
+}
+
+/// A node type as the config file names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum NodeType {
+    #[serde(alias = "disk")]
+    Disc,
+    Ram,
+}
+
+/// RabbitMQ's `cluster_formation.*` keys, as a table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFormation {
+    peer_discovery_backend: Option<String>,
+    node_type: Option<NodeType>,
+    discovery_retry_limit: Option<u32>,
+    discovery_retry_interval: Option<u64>,
+    classic_config: Option<FileClassicConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClassicConfig {
+    nodes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDistTls {
+    certfile: Option<PathBuf>,
+    keyfile: Option<PathBuf>,
+    cacertfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -528,6 +595,59 @@ impl Config {
             }
             self.cluster_peer_addresses = peers;
         }
+        let mut nodes = file.cluster_nodes;
+        let mut node_type = file.cluster_node_type;
+        if let Some(f) = file.cluster_formation {
+            if let Some(b) = f.peer_discovery_backend {
+                let known = ["classic_config", "rabbit_peer_discovery_classic_config"];
+                if !known.contains(&b.as_str()) {
+                    return Err(err(
+                        "cluster_formation.peer_discovery_backend",
+                        &format!("'{b}' is not supported (only classic_config)"),
+                    ));
+                }
+            }
+            if let Some(c) = f.classic_config.and_then(|c| c.nodes) {
+                if nodes.is_some() {
+                    return Err(err(
+                        "cluster_formation.classic_config.nodes",
+                        "cluster_nodes is set too; use one of them",
+                    ));
+                }
+                nodes = Some(c);
+            }
+            node_type = f.node_type.or(node_type);
+            if let Some(v) = f.discovery_retry_limit {
+                self.discovery_retry_limit = v;
+            }
+            if let Some(v) = f.discovery_retry_interval {
+                self.discovery_retry_interval_ms = v;
+            }
+        }
+        if let Some(list) = nodes {
+            for n in &list {
+                parse_member(n).map_err(|m| err("cluster_nodes", &m))?;
+            }
+            self.cluster_nodes = list;
+        }
+        if let Some(t) = node_type {
+            self.cluster_node_ram = t == NodeType::Ram;
+        }
+        if let Some(t) = file.dist_tls {
+            let need = |v: Option<PathBuf>, key: &str| {
+                v.map(resolve).ok_or_else(|| {
+                    err(
+                        &format!("dist_tls.{key}"),
+                        "missing (mutual TLS on the distribution port needs certfile, keyfile and cacertfile)",
+                    )
+                })
+            };
+            self.dist_tls = Some(DistTlsConfig {
+                certfile: need(t.certfile, "certfile")?,
+                keyfile: need(t.keyfile, "keyfile")?,
+                cacertfile: need(t.cacertfile, "cacertfile")?,
+            });
+        }
         if let Some(t) = file.tls {
             let certfile = t
                 .certfile
@@ -615,6 +735,24 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The default distribution port of a member named without one (RabbitMQ's 25672).
+pub const DEFAULT_DIST_PORT: u16 = 25672;
+
+/// Reads a member as `cluster_nodes` and warrenctl name it: `name@host` or
+/// `name@host:dist_port`; returns the node name and its distribution address `host:port`.
+pub fn parse_member(entry: &str) -> Result<(String, String), String> {
+    let bad = || format!("'{entry}' is not a node name (expected name@host or name@host:port)");
+    let (name, rest) = entry.split_once('@').ok_or_else(bad)?;
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse::<u16>().map_err(|_| bad())?),
+        _ => (rest, DEFAULT_DIST_PORT),
+    };
+    if name.is_empty() || host.is_empty() || host.contains('@') {
+        return Err(bad());
+    }
+    Ok((format!("{name}@{host}"), format!("{host}:{port}")))
 }
 
 /// Checks a node name: `name@host`, or a bare name.
@@ -763,6 +901,37 @@ mod tests {
         let bad = |k: &str| (k == "WARREN_NODE_PORT").then(|| "x".to_string());
         let e = Config::default().apply_env(&bad).expect_err("bad port");
         assert!(e.0.contains("WARREN_NODE_PORT"), "{e}");
+    }
+
+    #[test]
+    fn cluster_formation_keys_and_their_rabbitmq_names() {
+        let c = apply(
+            "cluster_nodes = [\"rabbit@h1\", \"hare@h2:25999\"]\ncluster_node_type = \"ram\"",
+        )
+        .expect("valid");
+        assert_eq!(c.cluster_nodes, vec!["rabbit@h1", "hare@h2:25999"]);
+        assert!(c.cluster_node_ram);
+        assert_eq!(
+            parse_member("hare@h2:25999"),
+            Ok(("hare@h2".into(), "h2:25999".into()))
+        );
+        assert_eq!(
+            parse_member("rabbit@h1"),
+            Ok(("rabbit@h1".into(), "h1:25672".into()))
+        );
+        let c = apply(
+            "[cluster_formation]\npeer_discovery_backend = \"classic_config\"\nnode_type = \"disc\"\ndiscovery_retry_limit = 3\n[cluster_formation.classic_config]\nnodes = [\"a@h\"]",
+        )
+        .expect("valid");
+        assert_eq!(c.cluster_nodes, vec!["a@h"]);
+        assert!(!c.cluster_node_ram);
+        assert_eq!(c.discovery_retry_limit, 3);
+        let e = apply("cluster_nodes = [\"nohost\"]").expect_err("bad name");
+        assert!(e.0.contains("key `cluster_nodes`"), "{e}");
+        let e = apply("cluster_node_type = \"tape\"").expect_err("bad type");
+        assert!(e.0.contains("cluster_node_type"), "{e}");
+        let e = apply("[dist_tls]\ncertfile = \"a\"").expect_err("incomplete");
+        assert!(e.0.contains("dist_tls.keyfile"), "{e}");
     }
 
     #[test]

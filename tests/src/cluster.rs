@@ -29,6 +29,11 @@ pub struct ClusterNode {
     pub data_dir: PathBuf,
     /// Its cookie file.
     pub cookie_file: PathBuf,
+    /// Config file text (TOML) the node starts with, as `warren-server --config` reads it
+    /// (ports, name, data directory and cookie are the harness's).
+    pub config_toml: String,
+    /// Extra environment for the warrenctl runs of `ctl` (TLS flags, for instance).
+    pub ctl_env: Vec<(String, String)>,
     running: Option<warren_broker::RunningBroker>,
     /// A node run as a child process: the config file it reads.
     process_config: Option<PathBuf>,
@@ -44,10 +49,17 @@ impl ClusterNode {
             dist_port: free_port(),
             data_dir: dir.join(name),
             cookie_file,
+            config_toml: String::new(),
+            ctl_env: Vec::new(),
             running: None,
             process_config: None,
             process: None,
         }
+    }
+
+    /// `name@localhost:dist_port`, as `cluster_nodes` and warrenctl name this node.
+    pub fn member(&self) -> String {
+        self.node_arg()
     }
 
     /// Starts the node (recovering what its data directory holds); a process node returns
@@ -71,6 +83,14 @@ impl ClusterNode {
             return;
         }
         let mut config = warren_broker::Config::for_tests(&self.data_dir);
+        if !self.config_toml.is_empty() {
+            let path = self
+                .data_dir
+                .with_file_name(format!("{}.toml", self.name.replace('@', "-")));
+            config
+                .apply_file(&path, &self.config_toml)
+                .unwrap_or_else(|e| panic!("config of node {}: {e}", self.name));
+        }
         config.port = self.amqp_port;
         config.dist_port = Some(self.dist_port);
         config.node_name = Some(self.name.clone());
@@ -93,20 +113,26 @@ impl ClusterNode {
         }
     }
 
-    /// Kills a process node with SIGKILL (no clean shutdown) and waits for it to be gone.
+    /// Stops the node abruptly: a process node gets SIGKILL (waited for); an in-process
+    /// node stops with no clean application stop (the in-process stand-in for a crash: its
+    /// listeners and Raft member go, nothing is handed over).
     pub fn kill(&mut self) {
-        assert!(
-            self.process_config.is_some(),
-            "only a process node can be killed"
-        );
         if let Some(mut p) = self.process.take() {
             p.kill();
+        }
+        if let Some(r) = self.running.take() {
+            r.shutdown_in_background();
         }
     }
 
     /// True while the node runs.
     pub fn is_running(&self) -> bool {
         self.running.is_some() || self.process.is_some()
+    }
+
+    /// True while the node runs with its application started.
+    pub fn app_running(&self) -> bool {
+        self.shared().is_some()
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
@@ -129,9 +155,11 @@ impl ClusterNode {
         let mut full = vec!["-n".to_string(), self.node_arg()];
         full.extend(args.iter().map(|a| a.to_string()));
         let cookie = self.cookie_file.clone();
+        let env = self.ctl_env.clone();
         tokio::task::spawn_blocking(move || {
             let out = std::process::Command::new(warrenctl_binary())
                 .args(&full)
+                .envs(env)
                 .env("WARREN_COOKIE_FILE", cookie)
                 .stdin(std::process::Stdio::null())
                 .output()
@@ -217,8 +245,16 @@ impl TestCluster {
         crate::within(60, "start the nodes", Self::standalone_now(n, turn)).await
     }
 
+    /// `n` nodes, not started (to set their `config_toml` first), once no other test
+    /// cluster runs.
+    pub async fn unstarted(n: usize) -> TestCluster {
+        let turn = turns().lock_owned().await;
+        prebuild().await;
+        Self::unstarted_now(n, turn)
+    }
+
     /// `n` nodes (not started) with fresh ports and names, in a new temporary directory.
-    fn unstarted(n: usize, turn: tokio::sync::OwnedMutexGuard<()>) -> TestCluster {
+    fn unstarted_now(n: usize, turn: tokio::sync::OwnedMutexGuard<()>) -> TestCluster {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let cookie_file = dir.path().join(".warren.cookie");
         let tag = crate::unique("c");
@@ -241,7 +277,7 @@ impl TestCluster {
     }
 
     async fn standalone_now(n: usize, turn: tokio::sync::OwnedMutexGuard<()>) -> TestCluster {
-        let mut cluster = Self::unstarted(n, turn);
+        let mut cluster = Self::unstarted_now(n, turn);
         for node in cluster.nodes.iter_mut() {
             node.start().await;
         }
@@ -254,7 +290,7 @@ impl TestCluster {
     pub async fn start_proxied(n: usize) -> TestCluster {
         let turn = turns().lock_owned().await;
         prebuild().await;
-        let mut cluster = Self::unstarted(n, turn);
+        let mut cluster = Self::unstarted_now(n, turn);
         for from in 0..n {
             for to in (0..n).filter(|&to| to != from) {
                 let target =

@@ -53,9 +53,21 @@ struct Args {
     /// messages requeued, in milliseconds (0 disables).
     #[arg(long)]
     consumer_timeout: Option<u64>,
+    /// Resets the (stopped) node and exits: leaves its cluster (asking a running member to
+    /// remove it), then deletes its definitions, messages and cluster membership.
+    #[arg(long, conflicts_with_all = ["force_reset", "force_boot"])]
+    reset: bool,
+    /// Like --reset, without asking the cluster (whose members must then run
+    /// forget_cluster_node for this node).
+    #[arg(long, conflicts_with = "force_boot")]
+    force_reset: bool,
+    /// Boots a disc node whose cluster lost a majority of disc nodes for good: the
+    /// cluster's disc nodes shrink to this node and those reachable now.
+    #[arg(long)]
+    force_boot: bool,
 }
 
-fn configure(args: Args) -> anyhow::Result<Config> {
+fn configure(args: &Args) -> anyhow::Result<Config> {
     let mut config = Config::default();
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
@@ -75,12 +87,12 @@ fn configure(args: Args) -> anyhow::Result<Config> {
     if let Some(v) = args.bind {
         config.bind = v;
     }
-    if let Some(v) = args.nodename {
+    if let Some(v) = args.nodename.clone() {
         warren_broker::config::check_node_name(&v)
             .map_err(|m| anyhow::anyhow!("--nodename: {m}"))?;
         config.node_name = Some(v);
     }
-    if let Some(v) = args.data_dir {
+    if let Some(v) = args.data_dir.clone() {
         config.data_dir = v;
     }
     if let Some(v) = args.max_message_size {
@@ -111,12 +123,32 @@ fn configure(args: Args) -> anyhow::Result<Config> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = configure(Args::parse())?;
+    let args = Args::parse();
+    let config = configure(&args)?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    if args.reset || args.force_reset {
+        let done = Broker::reset(config, args.force_reset).await?;
+        println!("{done}");
+        return Ok(());
+    }
+    if args.force_boot {
+        std::fs::create_dir_all(&config.data_dir)?;
+        std::fs::write(
+            config
+                .data_dir
+                .join(warren_broker::cluster::node::FORCE_BOOT_FILE),
+            b"",
+        )?;
+    }
     let broker = Broker::start(config).await?;
-    tracing::info!(addr = %broker.local_addr(), dist = %broker.dist_addr(), "Warren started");
+    match broker.node().addrs().0 {
+        Some(addr) => tracing::info!(%addr, dist = %broker.dist_addr(), "Warren started"),
+        None => {
+            tracing::warn!(dist = %broker.dist_addr(), "Warren node started without its application")
+        }
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),

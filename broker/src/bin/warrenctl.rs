@@ -39,6 +39,16 @@ struct Cli {
     /// Seconds to wait for the node.
     #[arg(short = 't', long, global = true)]
     timeout: Option<u64>,
+    /// Mutual TLS on the distribution port: this client's certificate (PEM) [env:
+    /// WARREN_DIST_TLS_CERTFILE].
+    #[arg(long, global = true, env = "WARREN_DIST_TLS_CERTFILE")]
+    dist_certfile: Option<PathBuf>,
+    /// Its private key (PEM) [env: WARREN_DIST_TLS_KEYFILE].
+    #[arg(long, global = true, env = "WARREN_DIST_TLS_KEYFILE")]
+    dist_keyfile: Option<PathBuf>,
+    /// The CA that signs the nodes' certificates (PEM) [env: WARREN_DIST_TLS_CACERTFILE].
+    #[arg(long, global = true, env = "WARREN_DIST_TLS_CACERTFILE")]
+    dist_cacertfile: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -260,6 +270,12 @@ enum Command {
     },
     /// Deletes this (stopped) node's data and takes it out of its cluster.
     Reset,
+    /// Like reset, without asking the cluster to remove the node (the others must then
+    /// forget_cluster_node it).
+    ForceReset,
+    /// On a stopped disc node whose cluster lost a majority of disc nodes for good: the
+    /// next start_app shrinks the cluster's disc nodes to this node and the reachable ones.
+    ForceBoot,
 }
 
 /// A failure and its exit code.
@@ -354,22 +370,57 @@ fn cookie_path() -> PathBuf {
         .unwrap_or_else(auth::default_cookie_path)
 }
 
-async fn connect(node: &str, addrs: &[SocketAddr]) -> Result<Client, Failure> {
+/// The TLS client identity for a distribution port running mutual TLS, when given.
+fn dist_tls(cli: &Cli) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, Failure> {
+    match (&cli.dist_certfile, &cli.dist_keyfile, &cli.dist_cacertfile) {
+        (None, None, None) => Ok(None),
+        (Some(c), Some(k), Some(ca)) => {
+            warren_broker::tls::install_crypto_provider();
+            let cfg = warren_broker::config::DistTlsConfig {
+                certfile: c.clone(),
+                keyfile: k.clone(),
+                cacertfile: ca.clone(),
+            };
+            warren_broker::dist::tls_connector(&cfg)
+                .map(Some)
+                .map_err(|e| Failure(64, e))
+        }
+        _ => Err(Failure(
+            64,
+            "--dist-certfile, --dist-keyfile and --dist-cacertfile go together".into(),
+        )),
+    }
+}
+
+async fn connect(
+    node: &str,
+    addrs: &[SocketAddr],
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Client, Failure> {
     let path = cookie_path();
-    let cookie = auth::read_cookie(&path).map_err(|e| Failure(69, e.to_string()))?;
+    let mut cookie = auth::read_cookie(&path).map_err(|e| Failure(69, e.to_string()))?;
+    if let Some(t) = tls {
+        cookie = cookie.with_tls(t.clone());
+    }
     let name = format!("warrenctl-{}", std::process::id());
     let mut last = None;
     for a in addrs {
         match Client::connect(*a, &cookie, Role::Ctl, &name).await {
             Ok(c) => return Ok(c),
             Err(ClientError::Connect(e)) => last = Some(e),
-            Err(ClientError::Refused(r)) => {
+            Err(ClientError::Refused(r)) if r.contains("cookie") => {
                 return Err(Failure(
                     69,
                     format!(
                         "unable to perform an operation on node '{node}': {r} (cookie file {})",
                         path.display()
                     ),
+                ))
+            }
+            Err(ClientError::Refused(r)) => {
+                return Err(Failure(
+                    69,
+                    format!("unable to perform an operation on node '{node}': {r}"),
                 ))
             }
             Err(e) => {
@@ -651,7 +702,8 @@ fn banner(cmd: &Command, vhost: &str, node: &str) -> Option<String> {
         Command::ChangeClusterNodeType { node_type } => {
             format!("Turning {node} into a {node_type} node")
         }
-        Command::Reset => format!("Resetting node {node} ..."),
+        Command::Reset | Command::ForceReset => format!("Resetting node {node} ..."),
+        Command::ForceBoot => format!("Forcing boot for node {node} ..."),
     })
 }
 
@@ -928,6 +980,8 @@ fn request(cmd: &Command, vhost: &str) -> Result<CtlOp, Failure> {
             ram: node_type == "ram",
         },
         Command::Reset => CtlOp::Reset,
+        Command::ForceReset => CtlOp::ForceReset,
+        Command::ForceBoot => CtlOp::ForceBoot,
     })
 }
 
@@ -983,6 +1037,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     let op = request(&cli.command, &cli.vhost)?;
+    let tls = dist_tls(&cli)?;
     let timeout = Duration::from_secs(cli.timeout.unwrap_or(match cli.command {
         Command::AwaitStartup => 300,
         _ => 60,
@@ -991,7 +1046,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         // Retry until the node accepts us; a refusal (wrong cookie) is final.
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match connect(&node, &addrs).await {
+            match connect(&node, &addrs, tls.as_ref()).await {
                 Ok(c) => break c,
                 Err(f)
                     if tokio::time::Instant::now() < deadline
@@ -1003,7 +1058,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
     } else {
-        connect(&node, &addrs).await?
+        connect(&node, &addrs, tls.as_ref()).await?
     };
     let reply = client.call(op, timeout).await?;
     match (&cli.command, reply) {

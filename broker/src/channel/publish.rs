@@ -308,19 +308,19 @@ impl Channel {
         if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
             c.expect(seq, targets.len() as u32, true);
         }
-        for q in targets {
+        // Handed over in batches: see `PublishBatches`. A queue deleted meanwhile drops the
+        // message and confirms it.
+        for q in &targets {
             let confirm = seq.map(|s| (self.chref.clone(), s));
-            let delivered = q
-                .publish(Publish {
+            conn.batches.push(
+                q,
+                Publish {
                     msg: msg.clone(),
                     confirm,
-                })
-                .await;
-            if !delivered {
-                // The queue was deleted meanwhile: the message is dropped and confirmed.
-                if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
-                    c.answer(seq, true);
-                }
+                },
+            );
+            if conn.batches.is_full() {
+                conn.batches.flush().await;
             }
         }
         self.send_confirms(conn);

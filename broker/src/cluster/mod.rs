@@ -204,6 +204,111 @@ pub fn remove_cluster_file(data_dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The queues homed on `node` that go when it goes down: its non-durable queues and its
+/// exclusive ones (their owners' connections were on it). (vhost, name) pairs.
+pub fn transient_queues_of(shared: &BrokerShared, node: &str) -> Vec<(String, String)> {
+    shared.with_meta(|m| {
+        m.vhosts
+            .iter()
+            .flat_map(|(v, vh)| {
+                vh.queues
+                    .values()
+                    .filter(|q| q.node.as_deref() == Some(node))
+                    .filter(|q| !q.durable || q.exclusive_owner.is_some())
+                    .map(move |q| (v.clone(), q.name.clone()))
+            })
+            .collect()
+    })
+}
+
+/// How long a member must be unreachable (or its application stopped) before the leader
+/// deletes its transient and exclusive queues.
+pub const NODE_DOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Watches the other members from the leader: a member unreachable or stopped for
+/// [`NODE_DOWN_GRACE`] is down, and its transient and exclusive queues are deleted, as
+/// RabbitMQ's other nodes do on `nodedown`. Durable queues stay defined (unavailable until
+/// their node returns). Also keeps `cluster.json`'s member list current.
+pub fn spawn_node_monitor(shared: &Arc<BrokerShared>, cluster: Arc<Cluster>) {
+    let weak = Arc::downgrade(shared);
+    let shutdown = shared.shutdown.clone();
+    let data_dir = shared.config.data_dir.clone();
+    tokio::spawn(async move {
+        let mut down_since: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+        let mut known: Vec<Member> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            let Some(shared) = weak.upgrade() else { return };
+            let (disc, ram) = cluster.members();
+            let all: Vec<Member> = disc.into_iter().chain(ram).collect();
+            if all != known && !all.is_empty() {
+                if let Some(mut file) = read_cluster_file(&data_dir) {
+                    file.members = all.clone();
+                    if let Err(e) = write_cluster_file(&data_dir, &file) {
+                        tracing::warn!(error = %e, "failed to write cluster.json");
+                    }
+                }
+                known = all.clone();
+            }
+            if !cluster.is_leader() {
+                down_since.clear();
+                continue;
+            }
+            let mut probes = tokio::task::JoinSet::new();
+            for m in all.into_iter().filter(|m| m.name != cluster.me.name) {
+                let cookie = cluster.cookie.clone();
+                let me = cluster.me.name.clone();
+                let addr = cluster.dial_addr(&m);
+                probes.spawn(async move {
+                    let r: Result<Value, _> = network::peer_call(
+                        &addr,
+                        &cookie,
+                        &me,
+                        PeerOp::Ping,
+                        Duration::from_secs(1),
+                    )
+                    .await;
+                    let up = matches!(r, Ok(v) if v.get("running") == Some(&Value::Bool(true)));
+                    (m.name, up)
+                });
+            }
+            let now = tokio::time::Instant::now();
+            let mut seen = BTreeSet::new();
+            while let Some(Ok((name, up))) = probes.join_next().await {
+                seen.insert(name.clone());
+                if up {
+                    down_since.remove(&name);
+                } else {
+                    down_since.entry(name).or_insert(now);
+                }
+            }
+            down_since.retain(|n, _| seen.contains(n));
+            for (node, since) in &down_since {
+                if since.elapsed() < NODE_DOWN_GRACE {
+                    continue;
+                }
+                for (vhost, name) in transient_queues_of(&shared, node) {
+                    let cmd = MetaCommand::DeleteQueue {
+                        vhost: vhost.clone(),
+                        name: name.clone(),
+                    };
+                    match cluster.write(Request::Meta(cmd)).await {
+                        Ok(()) => {
+                            tracing::info!(%node, %vhost, queue = %name, "deleted a transient or exclusive queue of a node that is down")
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "could not delete a queue of a node that is down")
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Who this node is in a cluster, known before its application starts.
 #[derive(Clone, Debug)]
 pub struct Identity {
@@ -390,6 +495,11 @@ impl Cluster {
                 stale.then(|| self.majority_text())
             }
         }
+    }
+
+    /// True on the leader while it hears from a majority.
+    pub fn is_leader(&self) -> bool {
+        self.metrics().current_leader == Some(self.id) && self.no_majority().is_none()
     }
 
     /// A short sentence on what the node waits for, if it cannot change definitions now.

@@ -3,6 +3,11 @@
 //! Raft member) is stopped and started again — `stop_app`, `start_app`, and the commands
 //! that need a stopped application: `join_cluster`, `reset`, `change_cluster_node_type`.
 //! `cluster_status` and `forget_cluster_node` are answered here too.
+//!
+//! At start the node also checks that the cluster still counts it as a member (a forgotten
+//! node refuses to start with RabbitMQ's `inconsistent_cluster` text and stays reachable
+//! for `reset`), joins the members of `cluster_nodes` when it is fresh (classic config peer
+//! discovery), and honours `force_boot` (see `raft_store::RaftDisk::force_membership`).
 
 use super::{network, ClusterFile, Identity, Member, PeerOp};
 use crate::broker::BrokerShared;
@@ -11,6 +16,7 @@ use crate::dist::ctl::{CtlOp, Reply};
 use crate::dist::protocol::RemoteError;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +45,28 @@ pub struct Node {
     pub dist_addr: SocketAddr,
     /// The AMQP, AMQPS and HTTP addresses of the last start.
     addrs: Mutex<(Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>)>,
+    /// Why the application failed to start, while it stays stopped.
+    boot_error: Mutex<Option<String>>,
+    /// True while a fresh node looks for `cluster_nodes` to join (told to peers, so nodes
+    /// started together agree on which one starts first).
+    discovering: AtomicBool,
 }
+
+/// The marker file `warrenctl force_boot` leaves for the next start (RabbitMQ's
+/// `force_load` in the Mnesia directory).
+pub const FORCE_BOOT_FILE: &str = "force_boot";
+
+/// The application refused to start because the cluster no longer counts this node.
+#[derive(Debug)]
+pub struct InconsistentCluster(pub String);
+
+impl std::fmt::Display for InconsistentCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "inconsistent_cluster: {}", self.0)
+    }
+}
+
+impl std::error::Error for InconsistentCluster {}
 
 fn not_running(node: &str) -> RemoteError {
     RemoteError::unavailable(format!(
@@ -73,7 +100,201 @@ impl Node {
             stopped: CancellationToken::new(),
             dist_addr,
             addrs: Mutex::new((None, None, None)),
+            boot_error: Mutex::new(None),
+            discovering: AtomicBool::new(false),
         }
+    }
+
+    /// Why the application could not start, while it is stopped.
+    pub fn boot_error(&self) -> Option<String> {
+        self.boot_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_boot_error(&self, e: Option<String>) {
+        *self.boot_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+
+    fn not_running(&self) -> RemoteError {
+        match self.boot_error() {
+            Some(e) => RemoteError::software(format!(
+                "Warren application is not running on node {}: it failed to start: {e}",
+                self.name()
+            )),
+            None => not_running(self.name()),
+        }
+    }
+
+    /// Asks the members this node knows whether they still count it; a running member
+    /// that has no cluster, or the leader of one that does not list this node, disagrees
+    /// (RabbitMQ's `inconsistent_cluster`). Unreachable members cannot tell: the node
+    /// starts and waits for a majority as usual.
+    async fn check_consistency(&self, file: &ClusterFile) -> Result<(), String> {
+        for m in file.members.iter().filter(|m| m.name != self.name()) {
+            let r: Result<Value, _> = network::peer_call(
+                &self.identity.dial_addr(m),
+                &self.identity.cookie,
+                self.name(),
+                PeerOp::Ping,
+                Duration::from_secs(2),
+            )
+            .await;
+            let Ok(v) = r else { continue };
+            if v.get("running") != Some(&Value::Bool(true)) {
+                continue;
+            }
+            let disagrees = match v.get("clustered") {
+                Some(Value::Bool(false)) => true,
+                Some(Value::Bool(true)) => {
+                    v.get("leader") == Some(&Value::Bool(true))
+                        && !v
+                            .get("members")
+                            .and_then(Value::as_array)
+                            .is_some_and(|l| l.iter().any(|n| n.as_str() == Some(self.name())))
+                }
+                _ => false,
+            };
+            if disagrees {
+                return Err(format!(
+                    "Node {} thinks it's clustered with node {}, but {} disagrees",
+                    self.name(),
+                    m.name,
+                    m.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Classic config peer discovery for a fresh node: joins the first member of
+    /// `candidates` (name, address) whose application runs, trying them in order for up
+    /// to `retries` rounds `interval` apart, then starts standalone. Nodes started together
+    /// see each other discovering: the one listed first among them starts standalone at
+    /// once, so the others join it.
+    pub async fn auto_cluster(
+        &self,
+        candidates: Vec<(String, String)>,
+        my_rank: usize,
+        ram: bool,
+        retries: u32,
+        interval: Duration,
+    ) -> anyhow::Result<()> {
+        self.discovering.store(true, Ordering::SeqCst);
+        let names: Vec<&str> = candidates.iter().map(|(n, _)| n.as_str()).collect();
+        tracing::info!(nodes = ?names, "peer discovery: looking for a cluster member to join");
+        let rounds = retries.max(1);
+        for round in 0..rounds {
+            let mut first_discovering = usize::MAX;
+            for (rank, (name, addr)) in candidates.iter().enumerate() {
+                let dial = self.identity.dial_addr(&Member {
+                    name: name.clone(),
+                    addr: addr.clone(),
+                });
+                let ping: Result<Value, _> = network::peer_call(
+                    &dial,
+                    &self.identity.cookie,
+                    self.name(),
+                    PeerOp::Ping,
+                    Duration::from_secs(2),
+                )
+                .await;
+                let v = match ping {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::debug!(node = %name, error = %e, "Could not auto-cluster with node {name}");
+                        continue;
+                    }
+                };
+                if v.get("running") != Some(&Value::Bool(true)) {
+                    if v.get("discovering") == Some(&Value::Bool(true)) {
+                        first_discovering = first_discovering.min(rank);
+                    }
+                    continue;
+                }
+                match self.join(name.clone(), addr.clone(), ram).await {
+                    Ok(_) => {
+                        self.discovering.store(false, Ordering::SeqCst);
+                        tracing::info!("Node '{name}' selected for auto-clustering");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %name, error = %e.message, "Could not auto-cluster with node {name}")
+                    }
+                }
+            }
+            if first_discovering != usize::MAX && my_rank < first_discovering {
+                tracing::info!("peer discovery: the other listed nodes are starting too and this node is listed first; starting as the first node");
+                break;
+            }
+            if round + 1 < rounds {
+                tokio::time::sleep(interval).await;
+            }
+        }
+        self.discovering.store(false, Ordering::SeqCst);
+        tracing::warn!(nodes = ?names, "Could not find any node for auto-clustering from: {names:?}. Starting blank node...");
+        self.start_app().await
+    }
+
+    /// Marks the node to boot without waiting for the lost disc nodes: at the next
+    /// application start the Raft membership shrinks to this node and the disc nodes
+    /// reachable then (RabbitMQ's `force_boot`).
+    async fn force_boot(&self) -> Result<Reply, RemoteError> {
+        let _g = self.lifecycle.lock().await;
+        self.require_stopped("force_boot")?;
+        let dir = self.config().data_dir;
+        match super::read_cluster_file(&dir) {
+            None => {
+                return Err(RemoteError::software(format!(
+                    "Node {} is not clustered: a standalone node always boots",
+                    self.name()
+                )))
+            }
+            Some(f) if f.ram => {
+                return Err(RemoteError::software(format!(
+                    "Node {} is a RAM node: only a disc node can force the cluster to boot",
+                    self.name()
+                )))
+            }
+            Some(_) => {}
+        }
+        std::fs::write(dir.join(FORCE_BOOT_FILE), b"").map_err(|e| {
+            RemoteError::software(format!("failed to write the force_boot marker: {e}"))
+        })?;
+        Ok(Reply::Message(format!(
+            "Forcing boot for node {} (data directory {})",
+            self.name(),
+            dir.display()
+        )))
+    }
+
+    /// With the force_boot marker present: the disc members (other than this node)
+    /// reachable now, to keep as voters; the marker is consumed.
+    async fn take_force_boot(&self) -> Option<Vec<String>> {
+        let dir = self.config().data_dir;
+        let marker = dir.join(FORCE_BOOT_FILE);
+        if !marker.exists() {
+            return None;
+        }
+        let _ = std::fs::remove_file(&marker);
+        let file = super::read_cluster_file(&dir)?;
+        let mut keep = Vec::new();
+        for m in file.members.iter().filter(|m| m.name != self.name()) {
+            let r: Result<Value, _> = network::peer_call(
+                &self.identity.dial_addr(m),
+                &self.identity.cookie,
+                self.name(),
+                PeerOp::Ping,
+                Duration::from_secs(2),
+            )
+            .await;
+            if r.is_ok() {
+                keep.push(m.name.clone());
+            }
+        }
+        tracing::warn!(keep = ?keep, "force_boot: the cluster's disc nodes shrink to this node and the reachable ones");
+        Some(keep)
     }
 
     /// This node's name.
@@ -102,10 +323,25 @@ impl Node {
         *self.addrs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the application (a no-op when it runs).
+    /// Starts the application (a no-op when it runs), after checking that the cluster
+    /// still counts this node.
     pub async fn start_app(&self) -> anyhow::Result<()> {
         let _g = self.lifecycle.lock().await;
-        self.start_app_locked().await
+        if self.app().is_some() {
+            return Ok(());
+        }
+        if let Some(file) = super::read_cluster_file(&self.config().data_dir) {
+            if let Err(msg) = self.check_consistency(&file).await {
+                tracing::error!(
+                    "{msg}; reset this node (warrenctl reset) and join the cluster again"
+                );
+                self.set_boot_error(Some(format!("inconsistent_cluster: {msg}")));
+                return Err(InconsistentCluster(msg).into());
+            }
+        }
+        let r = self.start_app_locked().await;
+        self.set_boot_error(r.as_ref().err().map(|e| e.to_string()));
+        r
     }
 
     async fn start_app_locked(&self) -> anyhow::Result<()> {
@@ -113,6 +349,7 @@ impl Node {
             return Ok(());
         }
         let config = self.config();
+        let force_boot = self.take_force_boot().await;
         let tls_acceptor = match &config.tls {
             Some(t) => Some(crate::tls::acceptor(t)?),
             None => None,
@@ -123,7 +360,7 @@ impl Node {
             .as_ref()
             .map(|t| SocketAddr::new(t.bind.unwrap_or(config.bind), t.port));
         let http_bind = SocketAddr::new(config.bind, config.http_port()?);
-        let shared = BrokerShared::start(config.clone(), self.identity.clone()).await?;
+        let shared = BrokerShared::start(config.clone(), self.identity.clone(), force_boot).await?;
         let limit = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
         let mut listeners = Vec::new();
         let listener = crate::bind("AMQP", addr).await?;
@@ -201,6 +438,17 @@ impl Node {
             let _ = l.await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.tasks.wait()).await;
+        if let Some(cluster) = shared.cluster() {
+            // As RabbitMQ does when a node stops: its transient and exclusive queues go.
+            let doomed = super::transient_queues_of(&shared, self.name());
+            for (vhost, name) in doomed {
+                let cmd = crate::meta::MetaCommand::DeleteQueue { vhost, name };
+                if let Err(e) = cluster.write(super::Request::Meta(cmd)).await {
+                    tracing::debug!(error = %e, "could not delete a transient queue at stop");
+                    break;
+                }
+            }
+        }
         if let Some(cluster) = shared.take_cluster() {
             // Remember the members, to reach the cluster while stopped.
             let (disc, ram) = cluster.members();
@@ -237,6 +485,8 @@ impl Node {
                 RemoteError::software(format!("failed to delete {}: {e}", store.display()))
             })?;
         }
+        let _ = std::fs::remove_file(dir.join(FORCE_BOOT_FILE));
+        self.set_boot_error(None);
         super::remove_cluster_file(&dir)
             .map_err(|e| RemoteError::software(format!("failed to delete cluster.json: {e}")))
     }
@@ -367,21 +617,36 @@ impl Node {
         )))
     }
 
-    async fn reset(&self) -> Result<Reply, RemoteError> {
+    /// `reset` (leave the cluster, then wipe) or `force_reset` (wipe without asking it).
+    pub async fn reset(&self, force: bool) -> Result<Reply, RemoteError> {
         let _g = self.lifecycle.lock().await;
         self.require_stopped("resetting it")?;
         let dir = self.config().data_dir;
-        if let Some(file) = super::read_cluster_file(&dir) {
+        if let Some(file) = super::read_cluster_file(&dir).filter(|_| !force) {
             // Leave the cluster first; refused when this is its last disc node.
             let others = file.members.iter().any(|m| m.name != self.name());
             if others {
-                self.ask_members(
-                    &file.members,
-                    PeerOp::Remove {
-                        name: self.name().to_string(),
-                    },
-                )
-                .await?;
+                let left = self
+                    .ask_members(
+                        &file.members,
+                        PeerOp::Remove {
+                            name: self.name().to_string(),
+                        },
+                    )
+                    .await;
+                match left {
+                    Ok(()) => {}
+                    // Forgotten already (forget_cluster_node): nothing to leave.
+                    Err(e) if e.message.contains("is not a member of the cluster") => {}
+                    Err(e) if e.code == 69 => {
+                        return Err(RemoteError::unavailable(format!(
+                            "cannot leave the cluster: no other cluster node is reachable ({}); use force_reset to reset this node anyway (then run forget_cluster_node {} on the cluster)",
+                            e.message,
+                            self.name()
+                        )))
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         self.wipe()?;
@@ -419,7 +684,7 @@ impl Node {
     }
 
     async fn forget(&self, name: String) -> Result<Reply, RemoteError> {
-        let shared = self.app().ok_or_else(|| not_running(self.name()))?;
+        let shared = self.app().ok_or_else(|| self.not_running())?;
         let Some(cluster) = shared.cluster() else {
             return Err(RemoteError::data(format!(
                 "Node {} is not clustered",
@@ -442,7 +707,7 @@ impl Node {
     /// `cluster_status`: the members by kind, the running ones, the leader, and what the
     /// node waits for. The same on every member that can reach the others.
     pub async fn cluster_status(&self) -> Result<Value, RemoteError> {
-        let shared = self.app().ok_or_else(|| not_running(self.name()))?;
+        let shared = self.app().ok_or_else(|| self.not_running())?;
         let Some(cluster) = shared.cluster() else {
             return Ok(json!({
                 "cluster_name": self.name(),
@@ -516,12 +781,14 @@ impl Node {
                 Ok(Reply::Message(format!("Starting node {}", self.name())))
             }
             CtlOp::JoinCluster { node, addr, ram } => self.join(node, addr, ram).await,
-            CtlOp::Reset => self.reset().await,
+            CtlOp::Reset => self.reset(false).await,
+            CtlOp::ForceReset => self.reset(true).await,
+            CtlOp::ForceBoot => self.force_boot().await,
             CtlOp::ChangeClusterNodeType { ram } => self.change_type(ram).await,
             CtlOp::ForgetClusterNode { node } => self.forget(node).await,
             CtlOp::ClusterStatus => Ok(Reply::Document(self.cluster_status().await?)),
             CtlOp::AwaitStartup => {
-                let shared = self.app().ok_or_else(|| not_running(self.name()))?;
+                let shared = self.app().ok_or_else(|| self.not_running())?;
                 match shared.cluster().and_then(|c| c.waiting_for()) {
                     Some(w) => Ok(Reply::Message(format!(
                         "node {} is serving its queues; waiting for a majority of disc nodes to accept definition changes ({w})",
@@ -531,7 +798,7 @@ impl Node {
                 }
             }
             op => {
-                let shared = self.app().ok_or_else(|| not_running(self.name()))?;
+                let shared = self.app().ok_or_else(|| self.not_running())?;
                 crate::dist::ctl::handle(&shared, op).await
             }
         }
@@ -541,7 +808,21 @@ impl Node {
     pub async fn handle_peer(&self, op: PeerOp) -> Result<Reply, RemoteError> {
         let shared = self.app();
         if let PeerOp::Ping = op {
-            return Ok(Reply::Document(json!({"running": shared.is_some()})));
+            let cluster = shared.as_ref().and_then(|s| s.cluster());
+            let members = cluster.as_ref().map(|c| {
+                let (disc, ram) = c.members();
+                disc.into_iter()
+                    .chain(ram)
+                    .map(|m| m.name)
+                    .collect::<Vec<_>>()
+            });
+            return Ok(Reply::Document(json!({
+                "running": shared.is_some(),
+                "clustered": cluster.is_some(),
+                "members": members,
+                "leader": cluster.as_ref().is_some_and(|c| c.is_leader()),
+                "discovering": self.discovering.load(Ordering::SeqCst),
+            })));
         }
         let shared = shared.ok_or_else(|| not_running(self.name()))?;
         if let PeerOp::Queue(q) = op {

@@ -93,6 +93,74 @@ impl RaftDisk {
         matches!(self.ks.get(KEY_VOTE), Ok(Some(_)))
     }
 
+    /// `force_boot`: appends to the log a membership entry whose voters are the current
+    /// voters in `keep` (RAM members stay learners; lost disc members go). At the next
+    /// start openraft takes the last membership in the log as the effective one, so the
+    /// kept voters elect a leader among themselves and commit the entry: the cluster
+    /// serves definition changes again. Returns the voters kept.
+    pub fn force_membership(
+        &self,
+        keep: &std::collections::BTreeSet<NodeId>,
+    ) -> std::io::Result<Vec<String>> {
+        let bad = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+        let mut last: Option<LogId<NodeId>> = None;
+        let mut membership: Option<openraft::Membership<NodeId, Member>> = None;
+        for item in self.ks.prefix([LOG_PREFIX]) {
+            let (_, v) = item.into_inner().map_err(|e| bad(&e))?;
+            let entry: Entry<TypeConfig> = serde_json::from_slice(&v).map_err(|e| bad(&e))?;
+            if let EntryPayload::Membership(m) = &entry.payload {
+                membership = Some(m.clone());
+            }
+            last = Some(entry.log_id);
+        }
+        let snapshot: Option<StoredSnapshot> = self.get(KEY_SNAPSHOT).map_err(|e| bad(&e))?;
+        let purged: Option<LogId<NodeId>> = self.get(KEY_PURGED).map_err(|e| bad(&e))?;
+        let last = last
+            .or(purged)
+            .or_else(|| snapshot.as_ref().and_then(|s| s.meta.last_log_id))
+            .ok_or_else(|| std::io::Error::other("this node has no Raft log: nothing to force"))?;
+        let membership = membership
+            .or_else(|| {
+                snapshot
+                    .as_ref()
+                    .map(|s| s.meta.last_membership.membership().clone())
+            })
+            .ok_or_else(|| std::io::Error::other("no membership in the Raft log"))?;
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let new_voters: std::collections::BTreeSet<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|id| keep.contains(id))
+            .collect();
+        if new_voters.is_empty() {
+            return Err(std::io::Error::other(
+                "this node is not a disc member of its cluster: nothing to force",
+            ));
+        }
+        let nodes: BTreeMap<NodeId, Member> = membership
+            .nodes()
+            .filter(|(id, _)| new_voters.contains(id) || !voters.contains(id))
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        let kept: Vec<String> = nodes
+            .iter()
+            .filter(|(id, _)| new_voters.contains(id))
+            .map(|(_, m)| m.name.clone())
+            .collect();
+        let entry: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(last.leader_id, last.index + 1),
+            payload: EntryPayload::Membership(openraft::Membership::new(vec![new_voters], nodes)),
+        };
+        let v = serde_json::to_vec(&entry).map_err(|e| bad(&e))?;
+        self.ks
+            .insert(log_key(entry.log_id.index), v)
+            .map_err(|e| bad(&e))?;
+        self.db
+            .persist(PersistMode::SyncData)
+            .map_err(|e| bad(&e))?;
+        Ok(kept)
+    }
+
     /// Removes every Raft record (reset).
     pub fn clear(&self) -> std::io::Result<()> {
         let mut batch = self.db.batch();

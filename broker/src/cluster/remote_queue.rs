@@ -445,6 +445,7 @@ impl Proxy {
         let (vhost, queue) = (self.vhost.clone(), self.queue.clone());
         match cmd {
             QueueCmd::Publish(p) => self.publish(vec![p]).await,
+            QueueCmd::PublishBatch(batch) => self.publish(batch).await,
             QueueCmd::Consume(spec, reply) => {
                 self.register(&spec.channel);
                 let Some(shared) = self.shared.upgrade() else {

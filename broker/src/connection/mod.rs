@@ -67,6 +67,8 @@ pub struct ConnState {
     pub access: crate::access::AccessCache,
     /// Messages and bytes since the last flush into the registry entry.
     pub counts: registry::Counts,
+    /// Routed publishes not yet handed to their queues.
+    pub batches: crate::queue::PublishBatches,
 }
 
 impl ConnState {
@@ -219,6 +221,7 @@ pub async fn serve(shared: Arc<BrokerShared>, transport: Transport) {
             published: false,
             access: Default::default(),
             counts: Default::default(),
+            batches: Default::default(),
         },
         reader: h.reader,
         buf: h.buf,
@@ -443,6 +446,15 @@ impl Connection {
 
     /// Decodes and handles every complete frame in the buffer. Some(end) stops the loop.
     async fn handle_input(&mut self) -> Option<End> {
+        let end = self.handle_frames().await;
+        // What this read brought is routed: its queues take it now.
+        if !self.state.batches.is_empty() {
+            self.state.batches.flush().await;
+        }
+        end
+    }
+
+    async fn handle_frames(&mut self) -> Option<End> {
         loop {
             let frame = match decode_frame(&mut self.buf, self.state.frame_max) {
                 Ok(Some(f)) => f,
@@ -464,6 +476,10 @@ impl Connection {
                 return Some(end);
             }
             if self.state.out.len() > 64 * 1024 || self.state.out_parts.len() > 64 {
+                // Replies written now follow the publishes before them into their queues.
+                if !self.state.batches.is_empty() {
+                    self.state.batches.flush().await;
+                }
                 self.flush();
             }
         }
@@ -500,7 +516,19 @@ impl Connection {
                 ReplyCode::UnexpectedFrame,
                 describe_frame(FRAME_HEARTBEAT, &[]),
             )),
-            Frame::Method(_, m) => self.handle_channel_method(channel, *m).await,
+            Frame::Method(_, m) => {
+                // Publishes routed so far reach their queues before anything else happens:
+                // a get, purge, delete or close after them sees them.
+                if !self.state.batches.is_empty()
+                    && !matches!(
+                        *m,
+                        AMQPClass::Basic(warren_amqp::basic::AMQPMethod::Publish(_))
+                    )
+                {
+                    self.state.batches.flush().await;
+                }
+                self.handle_channel_method(channel, *m).await
+            }
             Frame::Header(_, h) => match self.channels.get_mut(&channel) {
                 Some(Slot::Open(ch)) => ch.handle_header(&mut self.state, h).await,
                 Some(Slot::Closing) => Ok(()),

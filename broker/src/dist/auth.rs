@@ -12,12 +12,15 @@ use sha2::Sha256;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The shared secret of a cluster (and its CLI).
+/// The shared secret of a cluster (and its CLI), with the TLS client identity this end
+/// presents when the distribution port runs mutual TLS: what a distribution connection
+/// needs to be accepted, carried together so every place that connects uses both.
 #[derive(Clone)]
-pub struct Cookie(Vec<u8>);
+pub struct Cookie(Vec<u8>, Option<Arc<rustls::ClientConfig>>);
 
 impl std::fmt::Debug for Cookie {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -28,7 +31,18 @@ impl std::fmt::Debug for Cookie {
 impl Cookie {
     /// A cookie from its text (surrounding whitespace ignored).
     pub fn new(text: &str) -> Cookie {
-        Cookie(text.trim().as_bytes().to_vec())
+        Cookie(text.trim().as_bytes().to_vec(), None)
+    }
+
+    /// The same cookie, connecting over mutual TLS with `tls` (see `dist::tls_connector`).
+    pub fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Cookie {
+        self.1 = Some(tls);
+        self
+    }
+
+    /// The TLS client configuration connections use, when the distribution port runs TLS.
+    pub fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.1.as_ref()
     }
 }
 

@@ -326,6 +326,11 @@ pub enum CtlOp {
     },
     /// Deletes the (stopped) node's data and cluster membership.
     Reset,
+    /// Like `Reset`, without asking the cluster to remove the node first.
+    ForceReset,
+    /// Makes the (stopped) node boot next time with the disc nodes reachable then as the
+    /// whole cluster (after a majority was lost for good).
+    ForceBoot,
     /// Makes the (stopped) node a disc or a RAM node.
     ChangeClusterNodeType {
         /// RAM node.
@@ -466,6 +471,8 @@ pub async fn handle(shared: &Arc<BrokerShared>, op: CtlOp) -> Result<Reply, Remo
         | CtlOp::StartApp
         | CtlOp::JoinCluster { .. }
         | CtlOp::Reset
+        | CtlOp::ForceReset
+        | CtlOp::ForceBoot
         | CtlOp::ChangeClusterNodeType { .. }
         | CtlOp::ForgetClusterNode { .. }
         | CtlOp::ClusterStatus => Err(RemoteError::usage("a node command reached the application")),

@@ -3,8 +3,10 @@
 //!
 //! `protocol` is the wire format, `auth` the cookie and the mutual HMAC challenge-response
 //! (the cookie never crosses the wire), `ctl` the admin commands. [`run`] serves the port;
-//! [`Client`] is the other end, used by warrenctl. A TLS layer (mutual TLS between nodes)
-//! would wrap the socket before the handshake, here and in `Client::connect`.
+//! [`Client`] is the other end, used by warrenctl. With `[dist_tls]` configured every
+//! connection is mutual TLS (both ends present a certificate signed by the CA) and the
+//! cookie handshake runs inside it: [`open_stream`] and [`accept_stream`] are the one place
+//! a connection is opened or accepted, returning a [`DistStream`] either way.
 
 pub mod auth;
 pub mod ctl;
@@ -16,17 +18,214 @@ use protocol::{
     b64, read_frame, unb64, write_frame, FrameError, Handshake, Op, RemoteError, Request, Response,
     Role, PROTOCOL_VERSION,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// A distribution connection's byte stream: plain TCP, or TLS over it.
+pub trait DistStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> DistStream for T {}
+
+/// A boxed [`DistStream`], so the framing and everything above it stay generic.
+pub type BoxedStream = Box<dyn DistStream>;
+
+fn load_pem_certs(
+    what: &str,
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("dist_tls.{what}: failed to load {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "dist_tls.{what}: no certificate in {}",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+fn load_identity(
+    cfg: &crate::config::DistTlsConfig,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        Arc<rustls::RootCertStore>,
+    ),
+    String,
+> {
+    let certs = load_pem_certs("certfile", &cfg.certfile)?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.keyfile).map_err(|e| {
+        format!(
+            "dist_tls.keyfile: failed to load {}: {e}",
+            cfg.keyfile.display()
+        )
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_pem_certs("cacertfile", &cfg.cacertfile)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("dist_tls.cacertfile: {}: {e}", cfg.cacertfile.display()))?;
+    }
+    Ok((certs, key, Arc::new(roots)))
+}
+
+/// The listener's TLS configuration: it presents its certificate and requires one from
+/// every peer, verified against the CA (RabbitMQ's `verify_peer` with
+/// `fail_if_no_peer_cert`).
+pub fn tls_acceptor(cfg: &crate::config::DistTlsConfig) -> Result<TlsAcceptor, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (certs, key, roots) = load_identity(cfg)?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| format!("dist_tls: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("dist_tls: {e}"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("dist_tls: certfile and keyfile: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The connecting side's TLS configuration (nodes and warrenctl): it presents its
+/// certificate and verifies the node's against the CA. Host names are not checked, as
+/// nodes are often reached by address: the CA vouches for every member (RabbitMQ's
+/// inter-node TLS guide disables server name checks the same way).
+pub fn tls_connector(
+    cfg: &crate::config::DistTlsConfig,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (certs, key, roots) = load_identity(cfg)?;
+    let webpki =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| format!("dist_tls: {e}"))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("dist_tls: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CaOnlyVerifier(webpki)))
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| format!("dist_tls: certfile and keyfile: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// Verifies a node's certificate chain against the CA, ignoring the name it was reached by.
+#[derive(Debug)]
+struct CaOnlyVerifier(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for CaOnlyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Opens a distribution connection to `addr`: TLS when `tls` is given, plain otherwise.
+pub async fn open_stream(
+    addr: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<BoxedStream, ClientError> {
+    let socket = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| ClientError::Connect(format!("could not connect to {addr}: {e}")))?;
+    let _ = socket.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(Box::new(socket));
+    };
+    let name = ServerName::IpAddress(addr.ip().into());
+    let stream = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        TlsConnector::from(tls.clone()).connect(name, socket),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout)?
+    .map_err(|e| ClientError::Refused(format!("TLS handshake with {addr} failed: {e}")))?;
+    Ok(Box::new(stream))
+}
+
+/// Accepts a distribution connection: the TLS handshake first when the port runs TLS (a
+/// peer without a certificate signed by the CA is refused here).
+pub async fn accept_stream(
+    socket: TcpStream,
+    tls: Option<&TlsAcceptor>,
+) -> std::io::Result<BoxedStream> {
+    let _ = socket.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return Ok(Box::new(socket));
+    };
+    // A client without TLS waits for our challenge and sends nothing: close soon, so it
+    // hears the port wants TLS instead of waiting for its own timeout.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(3), socket.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => {
+            return Err(std::io::Error::other(
+                "the peer sent no TLS handshake (it does not use dist_tls)",
+            ))
+        }
+    }
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+        })??;
+    Ok(Box::new(stream))
+}
 
 /// How long a peer has to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the distribution port until the node shuts down.
-pub async fn run(node: Arc<Node>, listener: TcpListener) {
+pub async fn run(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     let cookie = node.identity.cookie.clone();
+    let tls = tls.map(Arc::new);
     loop {
         let accepted = tokio::select! {
             _ = node.shutdown.cancelled() => return,
@@ -34,9 +233,15 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
         };
         match accepted {
             Ok((socket, peer)) => {
-                let _ = socket.set_nodelay(true);
-                let (node, cookie) = (node.clone(), cookie.clone());
+                let (node, cookie, tls) = (node.clone(), cookie.clone(), tls.clone());
                 tokio::spawn(async move {
+                    let socket = match accept_stream(socket, tls.as_deref()).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "distribution connection refused: TLS handshake failed (the peer needs a certificate signed by dist_tls.cacertfile)");
+                            return;
+                        }
+                    };
                     if let Err(e) = serve(node, socket, peer, &cookie).await {
                         tracing::debug!(%peer, error = %e, "distribution connection ended");
                     }
@@ -52,7 +257,7 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
 
 async fn serve(
     shared: Arc<Node>,
-    mut socket: TcpStream,
+    mut socket: BoxedStream,
     peer: SocketAddr,
     cookie: &Cookie,
 ) -> Result<(), FrameError> {
@@ -192,7 +397,7 @@ impl From<FrameError> for ClientError {
 
 /// An authenticated connection to a node's distribution port.
 pub struct Client {
-    socket: TcpStream,
+    socket: BoxedStream,
     next_id: u64,
     node: String,
 }
@@ -205,13 +410,22 @@ impl Client {
         role: Role,
         name: &str,
     ) -> Result<Client, ClientError> {
-        let mut socket = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ClientError::Timeout)?
-            .map_err(|e| ClientError::Connect(format!("could not connect to {addr}: {e}")))?;
-        let _ = socket.set_nodelay(true);
+        let tls = cookie.tls().is_some();
+        let mut socket = open_stream(addr, cookie.tls()).await?;
         let handshake = async {
-            let challenge: Handshake = read_frame(&mut socket).await?;
+            let challenge: Handshake = read_frame(&mut socket).await.map_err(|e| {
+                // A node refuses a TLS client's certificate (or a plain client on a TLS
+                // port) by closing the connection before its challenge.
+                if tls {
+                    ClientError::Refused(format!(
+                        "the node refused this end's TLS certificate ({e}); it must be signed by the node's dist_tls.cacertfile"
+                    ))
+                } else {
+                    ClientError::Refused(format!(
+                        "the node closed the connection before its challenge ({e}); does it require TLS on its distribution port (dist_tls)?"
+                    ))
+                }
+            })?;
             let Handshake::Challenge {
                 protocol: _,
                 node,

@@ -416,6 +416,7 @@ impl QueueActor {
     fn handle(&mut self, cmd: QueueCmd) {
         match cmd {
             QueueCmd::Publish(p) => self.publish(p),
+            QueueCmd::PublishBatch(batch) => batch.into_iter().for_each(|p| self.publish(p)),
             QueueCmd::Consume(spec, reply) => {
                 self.last_used = Instant::now();
                 let _ = reply.send(self.add_consumer(spec));
@@ -1346,8 +1347,14 @@ impl QueueActor {
         while let Ok(cmd) = rx.try_recv() {
             // A message routed to a queue deleted meanwhile is confirmed, as RabbitMQ does;
             // requests waiting for a reply see the queue gone.
-            if let QueueCmd::Publish(Publish { confirm, .. }) = cmd {
-                Self::confirm(confirm, true);
+            match cmd {
+                QueueCmd::Publish(Publish { confirm, .. }) => Self::confirm(confirm, true),
+                QueueCmd::PublishBatch(batch) => {
+                    for p in batch {
+                        Self::confirm(p.confirm, true);
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -6,7 +6,7 @@
 mod actor;
 pub mod dead_letter;
 
-use crate::delivery::{ChannelKey, ChannelRef};
+use crate::delivery::{ChannelKey, ChannelRef, ConnEvent};
 use crate::error::ChannelError;
 use crate::message::Message;
 use crate::policy::QueueSettings;
@@ -85,6 +85,8 @@ pub(crate) enum Aux {
 
 pub(crate) enum QueueCmd {
     Publish(Publish),
+    /// Messages for the queue in publish order (see [`PublishBatches`]).
+    PublishBatch(Vec<Publish>),
     Consume(ConsumerSpec, oneshot::Sender<Result<(), ChannelError>>),
     Cancel(ChannelKey, Arc<str>),
     Settle(ChannelKey, Vec<u64>, Settle),
@@ -144,6 +146,76 @@ pub struct QueueHandle {
 impl std::fmt::Debug for QueueHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "QueueHandle({}/{})", self.inner.vhost, self.inner.name)
+    }
+}
+
+/// Confirms a publish that reached a queue deleted meanwhile (as RabbitMQ does).
+fn confirm_dropped(p: Publish) {
+    if let Some((channel, seq)) = p.confirm {
+        let _ = channel.events.send(ConnEvent::Confirm {
+            channel: channel.key,
+            seq,
+            ok: true,
+        });
+    }
+}
+
+/// Most messages handed to one queue in one command.
+const MAX_BATCH_MESSAGES: usize = 128;
+/// Most queues a connection gathers publishes for before handing them over.
+const MAX_BATCH_QUEUES: usize = 64;
+
+/// The publishes a connection has routed but not yet handed to their queues, per queue in
+/// publish order. A connection hands them over when it has handled what one read brought
+/// (and before any other method, so that what a client does next sees them): a queue then
+/// takes many messages per wake-up instead of one, and delivers them on in batches.
+#[derive(Default)]
+pub struct PublishBatches {
+    queues: Vec<(QueueHandle, Vec<Publish>)>,
+    /// Where the next queue is expected: a message routes to the same queues in the same
+    /// order as the one before it, so the lookup is one comparison.
+    cursor: usize,
+    full: bool,
+}
+
+impl PublishBatches {
+    /// Adds a message for a queue.
+    pub fn push(&mut self, queue: &QueueHandle, publish: Publish) {
+        let at = match self.queues.get(self.cursor) {
+            Some((q, _)) if q.same(queue) => Some(self.cursor),
+            _ => self.queues.iter().position(|(q, _)| q.same(queue)),
+        };
+        let i = match at {
+            Some(i) => i,
+            None => {
+                self.queues.push((queue.clone(), Vec::new()));
+                self.full |= self.queues.len() >= MAX_BATCH_QUEUES;
+                self.queues.len() - 1
+            }
+        };
+        let batch = &mut self.queues[i].1;
+        batch.push(publish);
+        self.full |= batch.len() >= MAX_BATCH_MESSAGES;
+        self.cursor = if i + 1 == self.queues.len() { 0 } else { i + 1 };
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+
+    /// True when the batches should be handed over now.
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// Hands every batch to its queue (waiting while a queue's inbox is full).
+    pub async fn flush(&mut self) {
+        self.cursor = 0;
+        self.full = false;
+        for (q, batch) in self.queues.drain(..) {
+            q.publish_batch(batch).await;
+        }
     }
 }
 
@@ -224,6 +296,26 @@ impl QueueHandle {
     /// queue is gone.
     pub async fn publish(&self, publish: Publish) -> bool {
         self.inner.tx.send(QueueCmd::Publish(publish)).await.is_ok()
+    }
+
+    /// Hands messages to the queue in order, in one command for a local queue. A message
+    /// the queue can no longer take (it was deleted meanwhile) is dropped and confirmed, as
+    /// RabbitMQ does.
+    pub async fn publish_batch(&self, batch: Vec<Publish>) {
+        if self.inner.remote {
+            // The proxy forwards publishes one by one, in order.
+            for p in batch {
+                if let Err(mpsc::error::SendError(QueueCmd::Publish(p))) =
+                    self.inner.tx.send(QueueCmd::Publish(p)).await
+                {
+                    confirm_dropped(p);
+                }
+            }
+        } else if let Err(mpsc::error::SendError(QueueCmd::PublishBatch(batch))) =
+            self.inner.tx.send(QueueCmd::PublishBatch(batch)).await
+        {
+            batch.into_iter().for_each(confirm_dropped);
+        }
     }
 
     /// Registers a consumer.

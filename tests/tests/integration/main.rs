@@ -7,6 +7,7 @@ mod auth;
 mod basic;
 mod cluster;
 mod cluster_faults;
+mod cluster_lifecycle;
 mod config_file;
 mod confirms_tx;
 mod connection;
