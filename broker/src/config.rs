@@ -85,6 +85,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Log filter (tracing `EnvFilter` syntax); `WARREN_LOG` overrides it.
     pub log_level: String,
+    /// Cluster members this node reaches at another address than the one they advertise
+    /// (`name@host` to `host:port` of their distribution port): NAT, port forwarding.
+    pub cluster_peer_addresses: std::collections::BTreeMap<String, String>,
     /// The members a fresh node joins at its first start (RabbitMQ's classic config peer
     /// discovery): `name@host` or `name@host:dist_port`, tried in order.
     pub cluster_nodes: Vec<String>,
@@ -221,6 +224,7 @@ impl Default for Config {
             shovels: Vec::new(),
             tls: None,
             log_level: "info".into(),
+            cluster_peer_addresses: Default::default(),
             cluster_nodes: Vec::new(),
             cluster_node_ram: false,
             discovery_retry_limit: 10,
@@ -364,6 +368,7 @@ struct FileConfig {
     log_level: Option<String>,
     tls: Option<FileTls>,
     shovel: Option<Vec<serde_json::Value>>,
+    cluster_peer_addresses: Option<std::collections::BTreeMap<String, String>>,
     cluster_nodes: Option<Vec<String>>,
     cluster_node_type: Option<NodeType>,
     cluster_formation: Option<FileFormation>,
@@ -576,6 +581,20 @@ impl Config {
                 .map_err(|e| err("log_level", &e.to_string()))?;
             self.log_level = v;
         }
+        if let Some(peers) = file.cluster_peer_addresses {
+            for (name, addr) in &peers {
+                let key = format!("cluster_peer_addresses.{name}");
+                if !name.contains('@') {
+                    return Err(err(
+                        &key,
+                        &format!("'{name}' is not a node name (expected name@host)"),
+                    ));
+                }
+                check_node_name(name).map_err(|m| err(&key, &m))?;
+                check_peer_address(addr).map_err(|m| err(&key, &m))?;
+            }
+            self.cluster_peer_addresses = peers;
+        }
         let mut nodes = file.cluster_nodes;
         let mut node_type = file.cluster_node_type;
         if let Some(f) = file.cluster_formation {
@@ -745,6 +764,17 @@ pub fn check_node_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a peer's distribution address: `host:port`, a port number after the last colon
+/// (`[v6]:port` for an IPv6 address).
+pub fn check_peer_address(addr: &str) -> Result<(), String> {
+    let bad = || format!("'{addr}' is not host:port");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || !port.parse::<u16>().is_ok_and(|p| p != 0) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 /// Checks a memory watermark fraction.
 pub fn check_watermark(w: f64) -> Result<(), String> {
     if w > 0.0 && w <= 1.0 {
@@ -806,6 +836,24 @@ mod tests {
         assert_eq!(tls.keyfile, PathBuf::from("/etc/warren/server.key"));
         assert_eq!(tls.verify, TlsVerify::VerifyPeer);
         assert_eq!(tls.versions, vec![TlsVersion::Tls13]);
+    }
+
+    #[test]
+    fn peer_addresses_map_node_names_to_host_and_port() {
+        let c = apply(
+            "[cluster_peer_addresses]\n\"hare@h2\" = \"10.0.0.5:25673\"\n\"fox@h3\" = \"[::1]:25674\"",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.cluster_peer_addresses.get("hare@h2").map(String::as_str),
+            Some("10.0.0.5:25673")
+        );
+        assert_eq!(c.cluster_peer_addresses.len(), 2);
+        let e =
+            apply("cluster_peer_addresses = { \"hare@h2\" = \"10.0.0.5\" }").expect_err("no port");
+        assert!(e.0.contains("key `cluster_peer_addresses.hare@h2`"), "{e}");
+        let e = apply("cluster_peer_addresses = { \"hare\" = \"h:1\" }").expect_err("bare name");
+        assert!(e.0.contains("expected name@host"), "{e}");
     }
 
     #[test]

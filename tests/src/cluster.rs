@@ -1,12 +1,21 @@
-//! `TestCluster`: N Warren nodes in this process, each with its own AMQP port, distribution
-//! port, data directory and `name@localhost` node name, sharing one cookie file. Nodes are
-//! clustered the way an operator does it: `warrenctl stop_app`, `join_cluster`,
-//! `start_app`. A node can be stopped and started again on the same ports and data.
+//! `TestCluster`: N Warren nodes, each with its own AMQP port, distribution port, data
+//! directory and `name@localhost` node name, sharing one cookie file. Nodes are clustered
+//! the way an operator does it: `warrenctl stop_app`, `join_cluster`, `start_app`. A node
+//! can be stopped and started again on the same ports and data.
+//!
+//! `TestCluster::start` runs the nodes in this process. `TestCluster::start_proxied` runs
+//! them as `warren-server` child processes (so a node can be killed with SIGKILL) whose
+//! distribution links all pass through fault-injecting proxies: node X reaches node Y at
+//! the proxy P(X→Y), through the `cluster_peer_addresses` setting, so a test can cut, delay,
+//! blackhole and heal each direction of each link (`partition(i)`, `heal(i)`).
 
-use crate::process::{free_port, warrenctl_binary};
+use crate::process::{free_port, warrenctl_binary, ServerProcess};
+use crate::proxy::Proxy;
 use crate::CtlOutput;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One node of a test cluster.
 pub struct ClusterNode {
@@ -26,6 +35,9 @@ pub struct ClusterNode {
     /// Extra environment for the warrenctl runs of `ctl` (TLS flags, for instance).
     pub ctl_env: Vec<(String, String)>,
     running: Option<warren_broker::RunningBroker>,
+    /// A node run as a child process: the config file it reads.
+    process_config: Option<PathBuf>,
+    process: Option<ServerProcess>,
 }
 
 impl ClusterNode {
@@ -40,6 +52,8 @@ impl ClusterNode {
             config_toml: String::new(),
             ctl_env: Vec::new(),
             running: None,
+            process_config: None,
+            process: None,
         }
     }
 
@@ -48,8 +62,26 @@ impl ClusterNode {
         self.node_arg()
     }
 
-    /// Starts the node (recovering what its data directory holds).
+    /// Starts the node (recovering what its data directory holds); a process node returns
+    /// once it accepts AMQP connections.
     pub async fn start(&mut self) {
+        if let Some(config_file) = self.process_config.clone() {
+            let (name, dist, cookie) = (
+                self.name.clone(),
+                self.dist_port.to_string(),
+                self.cookie_file.clone(),
+            );
+            let process = ServerProcess::start_with(&self.data_dir, self.amqp_port, |cmd| {
+                cmd.arg("--config")
+                    .arg(&config_file)
+                    .env("WARREN_NODENAME", &name)
+                    .env("WARREN_DIST_PORT", &dist)
+                    .env("WARREN_COOKIE_FILE", &cookie);
+            })
+            .await;
+            self.process = Some(process);
+            return;
+        }
         let mut config = warren_broker::Config::for_tests(&self.data_dir);
         if !self.config_toml.is_empty() {
             let path = self
@@ -74,11 +106,20 @@ impl ClusterNode {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+        if let Some(mut p) = self.process.take() {
+            tokio::task::spawn_blocking(move || p.stop())
+                .await
+                .expect("the node stopped");
+        }
     }
 
-    /// Stops the node abruptly: no clean application stop (the in-process stand-in for
-    /// a crash: its listeners and Raft member go, nothing is handed over).
+    /// Stops the node abruptly: a process node gets SIGKILL (waited for); an in-process
+    /// node stops with no clean application stop (the in-process stand-in for a crash: its
+    /// listeners and Raft member go, nothing is handed over).
     pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
         if let Some(r) = self.running.take() {
             r.shutdown_in_background();
         }
@@ -86,7 +127,7 @@ impl ClusterNode {
 
     /// True while the node runs.
     pub fn is_running(&self) -> bool {
-        self.running.is_some()
+        self.running.is_some() || self.process.is_some()
     }
 
     /// True while the node runs with its application started.
@@ -104,7 +145,7 @@ impl ClusterNode {
         format!("{}:{}", self.name, self.dist_port)
     }
 
-    /// The running application's shared state.
+    /// The running application's shared state (an in-process node only).
     pub fn shared(&self) -> Option<Arc<warren_broker::broker::BrokerShared>> {
         self.running.as_ref().and_then(|r| r.node().app())
     }
@@ -172,9 +213,23 @@ pub struct TestCluster {
     pub nodes: Vec<ClusterNode>,
     /// The shared directory.
     pub dir: tempfile::TempDir,
+    /// The proxy on each distribution link of a proxied cluster, by (from, to) node index:
+    /// node `from` dials node `to` at `links[(from, to)]`.
+    links: HashMap<(usize, usize), Proxy>,
     /// Clusters run one at a time: several Raft groups electing leaders on a loaded 2-core
     /// machine at once miss their election timeouts.
     _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Builds warren-server and warrenctl (a no-op when up to date) before a test's time
+/// limits start: a build on a loaded machine can take minutes.
+async fn prebuild() {
+    tokio::task::spawn_blocking(|| {
+        crate::process::server_binary();
+        warrenctl_binary();
+    })
+    .await
+    .expect("build the binaries");
 }
 
 fn turns() -> Arc<tokio::sync::Mutex<()>> {
@@ -186,6 +241,7 @@ impl TestCluster {
     /// Starts `n` standalone nodes (not clustered yet), once no other test cluster runs.
     pub async fn standalone(n: usize) -> TestCluster {
         let turn = turns().lock_owned().await;
+        prebuild().await;
         crate::within(60, "start the nodes", Self::standalone_now(n, turn)).await
     }
 
@@ -193,6 +249,12 @@ impl TestCluster {
     /// cluster runs.
     pub async fn unstarted(n: usize) -> TestCluster {
         let turn = turns().lock_owned().await;
+        prebuild().await;
+        Self::unstarted_now(n, turn)
+    }
+
+    /// `n` nodes (not started) with fresh ports and names, in a new temporary directory.
+    fn unstarted_now(n: usize, turn: tokio::sync::OwnedMutexGuard<()>) -> TestCluster {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let cookie_file = dir.path().join(".warren.cookie");
         let tag = crate::unique("c");
@@ -209,29 +271,102 @@ impl TestCluster {
         TestCluster {
             nodes,
             dir,
+            links: HashMap::new(),
             _turn: turn,
         }
     }
 
     async fn standalone_now(n: usize, turn: tokio::sync::OwnedMutexGuard<()>) -> TestCluster {
-        let dir = tempfile::tempdir().expect("create a temporary directory");
-        let cookie_file = dir.path().join(".warren.cookie");
-        let tag = crate::unique("c");
-        let tag = tag.rsplit('-').take(2).collect::<Vec<_>>().join("");
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            let mut node = ClusterNode::new(
-                dir.path(),
-                &format!("n{}-{tag}", i + 1),
-                cookie_file.clone(),
-            );
+        let mut cluster = Self::unstarted_now(n, turn);
+        for node in cluster.nodes.iter_mut() {
             node.start().await;
-            nodes.push(node);
         }
-        TestCluster {
-            nodes,
-            dir,
-            _turn: turn,
+        cluster
+    }
+
+    /// Starts `n` `warren-server` processes whose distribution links each pass through a
+    /// proxy (node X dials node Y at the proxy P(X→Y), configured as Y's address in X's
+    /// `cluster_peer_addresses`), and clusters them as `start` does.
+    pub async fn start_proxied(n: usize) -> TestCluster {
+        let turn = turns().lock_owned().await;
+        prebuild().await;
+        let mut cluster = Self::unstarted_now(n, turn);
+        for from in 0..n {
+            for to in (0..n).filter(|&to| to != from) {
+                let target =
+                    std::net::SocketAddr::from(([127, 0, 0, 1], cluster.nodes[to].dist_port));
+                cluster.links.insert((from, to), Proxy::start(target).await);
+            }
+        }
+        for from in 0..n {
+            let mut text = String::from("[cluster_peer_addresses]\n");
+            for to in (0..n).filter(|&to| to != from) {
+                text.push_str(&format!(
+                    "\"{}\" = \"{}\"\n",
+                    cluster.nodes[to].name,
+                    cluster.links[&(from, to)].addr()
+                ));
+            }
+            let path = cluster.dir.path().join(format!("node{}.toml", from + 1));
+            std::fs::write(&path, text).expect("write the node's config file");
+            cluster.nodes[from].process_config = Some(path);
+        }
+        crate::within(120, "start and join the proxied nodes", async {
+            for node in cluster.nodes.iter_mut() {
+                node.start().await;
+            }
+            for i in 1..n {
+                cluster.nodes[i].join(&cluster.nodes[0], false).await;
+            }
+        })
+        .await;
+        cluster
+    }
+
+    /// The proxy node `from` reaches node `to` through (a proxied cluster only).
+    pub fn link(&self, from: usize, to: usize) -> &Proxy {
+        self.links
+            .get(&(from, to))
+            .expect("a proxied cluster has a proxy on every link")
+    }
+
+    /// The links to and from node `i`, both directions.
+    fn links_of(&self, i: usize) -> impl Iterator<Item = &Proxy> {
+        self.links
+            .iter()
+            .filter(move |((from, to), _)| *from == i || *to == i)
+            .map(|(_, p)| p)
+    }
+
+    /// Partitions node `i` from the others, both directions: its current distribution
+    /// connections are cut and new ones are blackholed (accepted, never answered).
+    pub fn partition(&self, i: usize) {
+        for p in self.links_of(i) {
+            p.blackhole(true);
+            p.cut();
+        }
+    }
+
+    /// Heals a partition of node `i`: new connections are forwarded again (connections held
+    /// in the blackhole are dropped, so their dialers retry at once).
+    pub fn heal(&self, i: usize) {
+        for p in self.links_of(i) {
+            p.blackhole(false);
+            p.cut();
+        }
+    }
+
+    /// Cuts every current distribution connection (nodes reconnect through the proxies).
+    pub fn cut_links(&self) {
+        for p in self.links.values() {
+            p.cut();
+        }
+    }
+
+    /// Adds `latency` in each direction of every distribution link.
+    pub fn delay_links(&self, latency: Duration) {
+        for p in self.links.values() {
+            p.delay(latency);
         }
     }
 

@@ -262,9 +262,10 @@ pub fn spawn_node_monitor(shared: &Arc<BrokerShared>, cluster: Arc<Cluster>) {
             for m in all.into_iter().filter(|m| m.name != cluster.me.name) {
                 let cookie = cluster.cookie.clone();
                 let me = cluster.me.name.clone();
+                let addr = cluster.dial_addr(&m);
                 probes.spawn(async move {
                     let r: Result<Value, _> = network::peer_call(
-                        &m.addr,
+                        &addr,
                         &cookie,
                         &me,
                         PeerOp::Ping,
@@ -316,6 +317,22 @@ pub struct Identity {
     pub me: Member,
     /// The cookie peers prove they hold.
     pub cookie: Arc<Cookie>,
+    /// `cluster_peer_addresses`: members this node reaches at another address than the one
+    /// they advertise (NAT, port forwarding, a proxy), by node name.
+    pub peer_addresses: Arc<BTreeMap<String, String>>,
+}
+
+impl Identity {
+    /// The address this node dials to reach `member`: the one configured for it in
+    /// `cluster_peer_addresses`, else the one it advertises. Every connection to a peer
+    /// (Raft, forwarded changes, membership requests, queue traffic, status probes) is
+    /// opened to this address.
+    pub fn dial_addr(&self, member: &Member) -> String {
+        self.peer_addresses
+            .get(&member.name)
+            .cloned()
+            .unwrap_or_else(|| member.addr.clone())
+    }
 }
 
 /// A running member of the metadata group.
@@ -328,6 +345,8 @@ pub struct Cluster {
     pub me: Member,
     /// The cookie.
     pub cookie: Arc<Cookie>,
+    /// Who this node is (for the addresses peers are dialed at).
+    identity: Identity,
     /// When the leader last reached this node (a follower's view of the majority). A std
     /// mutex: only held to read or write the instant.
     last_leader_contact: std::sync::Mutex<Option<std::time::Instant>>,
@@ -351,8 +370,16 @@ impl Cluster {
             heartbeat_interval: 150,
             election_timeout_min: 800,
             election_timeout_max: 1600,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+            // A snapshot every 1,000 changes keeps a restart's log replay short; a node
+            // that fell behind the purged log is sent the snapshot.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
             max_in_snapshot_log_to_keep: 500,
+            // Sending a snapshot chunk (JSON over the distribution link) and installing the
+            // last one (replacing every definition) takes far longer than openraft's 200 ms
+            // default; timed out, the leader sent the snapshot again and again and the
+            // follower never got the entries after it.
+            install_snapshot_timeout: 10_000,
+            snapshot_max_chunk_size: 256 * 1024,
             ..Default::default()
         }
         .validate()
@@ -362,8 +389,7 @@ impl Cluster {
         let sm =
             raft_store::StateMachine::open(Arc::downgrade(shared), disk).map_err(start_error)?;
         let network = network::Network {
-            cookie: identity.cookie.clone(),
-            me: identity.me.name.clone(),
+            identity: identity.clone(),
         };
         let raft = Raft::new(id, Arc::new(config), network, log, sm)
             .await
@@ -373,6 +399,7 @@ impl Cluster {
             id,
             me: identity.me.clone(),
             cookie: identity.cookie.clone(),
+            identity: identity.clone(),
             last_leader_contact: std::sync::Mutex::new(None),
         }))
     }
@@ -395,6 +422,11 @@ impl Cluster {
             .await
             .map_err(|e| RemoteError::software(format!("failed to form the cluster: {e}")))?;
         Ok(())
+    }
+
+    /// The address to dial `member` at (see [`Identity::dial_addr`]).
+    pub fn dial_addr(&self, member: &Member) -> String {
+        self.identity.dial_addr(member)
     }
 
     fn metrics(&self) -> openraft::RaftMetrics<NodeId, Member> {
@@ -500,7 +532,7 @@ impl Cluster {
                 return Err(refused("no leader".into()));
             };
             let r: Result<Response, crate::dist::ClientError> = network::peer_call(
-                &leader.addr,
+                &self.dial_addr(&leader),
                 &self.cookie,
                 &self.me.name,
                 PeerOp::Write(req),
@@ -552,7 +584,7 @@ impl Cluster {
                 continue;
             };
             let r = network::peer_call::<()>(
-                &leader.addr,
+                &self.dial_addr(&leader),
                 &self.cookie,
                 &self.me.name,
                 op.clone(),

@@ -2,11 +2,17 @@
 //! authenticated with the cookie in the `node` role, one connection per Raft peer stream
 //! (reconnected on failure). A peer that cannot be reached is reported `Unreachable`, so
 //! openraft backs off instead of spinning.
+//!
+//! openraft gives an append-entries RPC one heartbeat interval (150 ms) and drops it after
+//! that. Opening a connection takes two round trips (the cookie handshake), more than that
+//! on a slow link, so a connection is opened by a task of its own that outlives the RPC
+//! which started it: the next RPC finds it open. A connection whose RPC was dropped
+//! mid-exchange is closed (its stream position is unknown).
 
 // The error types are openraft's (its storage and network traits return them).
 #![allow(clippy::result_large_err)]
 
-use super::{Member, NodeId, PeerOp, TypeConfig};
+use super::{Identity, Member, NodeId, PeerOp, TypeConfig};
 use crate::dist::auth::Cookie;
 use crate::dist::ctl::Reply;
 use crate::dist::protocol::{Op, Role};
@@ -26,19 +32,32 @@ use std::time::Duration;
 
 /// Opens peer connections for Raft.
 pub struct Network {
-    /// The cluster's cookie.
-    pub cookie: Arc<Cookie>,
-    /// This node's name (sent in the handshake).
-    pub me: String,
+    /// This node: its name (sent in the handshake), the cookie, the peers' addresses.
+    pub identity: Identity,
 }
 
 /// One Raft stream to one peer.
 pub struct PeerConn {
     target: NodeId,
     member: Member,
+    /// Where the peer is dialed (`Identity::dial_addr`).
+    addr: String,
     cookie: Arc<Cookie>,
     me: String,
     client: Option<Client>,
+    /// A connection being opened (see the module comment).
+    connecting: Option<tokio::task::JoinHandle<Result<Client, ClientError>>>,
+}
+
+/// How long opening a peer connection may take, handshake included.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Drop for PeerConn {
+    fn drop(&mut self) {
+        if let Some(task) = self.connecting.take() {
+            task.abort();
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -48,9 +67,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConn {
             target,
             member: node.clone(),
-            cookie: self.cookie.clone(),
-            me: self.me.clone(),
+            addr: self.identity.dial_addr(node),
+            cookie: self.identity.cookie.clone(),
+            me: self.identity.me.name.clone(),
             client: None,
+            connecting: None,
         }
     }
 }
@@ -107,33 +128,51 @@ impl PeerConn {
         RaftError<NodeId, E>: DeserializeOwned,
     {
         let ttl = option.hard_ttl();
-        if self.client.is_none() {
-            match tokio::time::timeout(ttl, connect_peer(&self.member.addr, &self.cookie, &self.me))
-                .await
-            {
-                Ok(Ok(c)) => self.client = Some(c),
-                Ok(Err(e)) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
-                Err(_) => {
-                    return Err(RPCError::Unreachable(Unreachable::new(
-                        &ClientError::Timeout,
-                    )))
+        let mut client = match self.client.take() {
+            Some(c) => c,
+            None => {
+                let task = self.connecting.get_or_insert_with(|| {
+                    let (addr, cookie, me) =
+                        (self.addr.clone(), self.cookie.clone(), self.me.clone());
+                    tokio::spawn(async move {
+                        tokio::time::timeout(CONNECT_TIMEOUT, connect_peer(&addr, &cookie, &me))
+                            .await
+                            .map_err(|_| ClientError::Timeout)?
+                    })
+                });
+                // Waiting on `&mut JoinHandle` leaves the task running when this RPC is
+                // dropped or times out.
+                let joined = match tokio::time::timeout(ttl, task).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        return Err(RPCError::Unreachable(Unreachable::new(
+                            &ClientError::Timeout,
+                        )))
+                    }
+                };
+                self.connecting = None;
+                match joined {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+                    Err(e) => {
+                        return Err(RPCError::Unreachable(Unreachable::new(
+                            &ClientError::Connect(format!("connecting failed: {e}")),
+                        )))
+                    }
                 }
             }
-        }
-        let client = self.client.as_mut().expect("connected just above");
+        };
+        // Taken out while in use: if this RPC is dropped mid-exchange, so is the connection.
         match client.request(Op::Peer(op), ttl).await {
             Ok(reply) => match decode::<Result<T, RaftError<NodeId, E>>>(reply) {
-                Ok(r) => Ok(r),
-                Err(e) => {
-                    self.client = None;
-                    Err(RPCError::Network(NetworkError::new(&e)))
+                Ok(r) => {
+                    self.client = Some(client);
+                    Ok(r)
                 }
+                Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
             },
-            Err(e) => {
-                // The connection's state is unknown after an error: start afresh next time.
-                self.client = None;
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
+            // The connection's state is unknown after an error: start afresh next time.
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
         }
     }
 

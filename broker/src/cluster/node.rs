@@ -86,11 +86,13 @@ impl Node {
             name,
             addr: format!("{host}:{}", dist_addr.port()),
         };
+        let peer_addresses = Arc::new(config.cluster_peer_addresses.clone());
         Node {
             config: Mutex::new(config),
             identity: Identity {
                 me,
                 cookie: Arc::new(cookie),
+                peer_addresses,
             },
             app: Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
@@ -132,7 +134,7 @@ impl Node {
     async fn check_consistency(&self, file: &ClusterFile) -> Result<(), String> {
         for m in file.members.iter().filter(|m| m.name != self.name()) {
             let r: Result<Value, _> = network::peer_call(
-                &m.addr,
+                &self.identity.dial_addr(m),
                 &self.identity.cookie,
                 self.name(),
                 PeerOp::Ping,
@@ -186,8 +188,12 @@ impl Node {
         for round in 0..rounds {
             let mut first_discovering = usize::MAX;
             for (rank, (name, addr)) in candidates.iter().enumerate() {
+                let dial = self.identity.dial_addr(&Member {
+                    name: name.clone(),
+                    addr: addr.clone(),
+                });
                 let ping: Result<Value, _> = network::peer_call(
-                    addr,
+                    &dial,
                     &self.identity.cookie,
                     self.name(),
                     PeerOp::Ping,
@@ -276,7 +282,7 @@ impl Node {
         let mut keep = Vec::new();
         for m in file.members.iter().filter(|m| m.name != self.name()) {
             let r: Result<Value, _> = network::peer_call(
-                &m.addr,
+                &self.identity.dial_addr(m),
                 &self.identity.cookie,
                 self.name(),
                 PeerOp::Ping,
@@ -500,7 +506,7 @@ impl Node {
         let mut last = RemoteError::unavailable("no other cluster member is known");
         for m in members.iter().filter(|m| m.name != self.name()) {
             match network::peer_call::<()>(
-                &m.addr,
+                &self.identity.dial_addr(m),
                 &self.identity.cookie,
                 self.name(),
                 op.clone(),
@@ -531,9 +537,13 @@ impl Node {
                 "Node {target_name} cannot join itself"
             )));
         }
+        let target_dial = self.identity.dial_addr(&Member {
+            name: target_name.clone(),
+            addr: target_addr.clone(),
+        });
         // Prove both ends share the cookie before anything is deleted.
         let ping: Result<Value, _> = network::peer_call(
-            &target_addr,
+            &target_dial,
             &self.identity.cookie,
             self.name(),
             PeerOp::Ping,
@@ -559,7 +569,7 @@ impl Node {
             }
             Err(e) => {
                 return Err(RemoteError::unavailable(format!(
-                    "could not reach node {target_name} at {target_addr}: {e}"
+                    "could not reach node {target_name} at {target_dial}: {e}"
                 )))
             }
         }
@@ -580,7 +590,7 @@ impl Node {
             .await
             .map_err(|e| RemoteError::software(format!("failed to start the application: {e}")))?;
         let joined: Result<(), _> = network::peer_call(
-            &target_addr,
+            &target_dial,
             &self.identity.cookie,
             self.name(),
             PeerOp::Join {
@@ -714,6 +724,7 @@ impl Node {
         for m in disc.iter().chain(ram.iter()) {
             let m = m.clone();
             let cookie = self.identity.cookie.clone();
+            let addr = self.identity.dial_addr(&m);
             let me = self.name().to_string();
             let is_me = m.name == me;
             probes.push(tokio::spawn(async move {
@@ -721,7 +732,7 @@ impl Node {
                     return Some(m.name);
                 }
                 let r: Result<Value, _> =
-                    network::peer_call(&m.addr, &cookie, &me, PeerOp::Ping, Duration::from_secs(2))
+                    network::peer_call(&addr, &cookie, &me, PeerOp::Ping, Duration::from_secs(2))
                         .await;
                 match r {
                     Ok(v) if v.get("running") == Some(&Value::Bool(true)) => Some(m.name),

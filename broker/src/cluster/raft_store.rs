@@ -381,10 +381,19 @@ pub struct StateMachine {
     shared: Weak<BrokerShared>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Member>,
-    snapshot: Option<StoredSnapshot>,
+    /// The latest snapshot, shared with the builders: a snapshot built in the background is
+    /// the one sent to a follower that lags behind the purged log. A std mutex: only held
+    /// to replace or clone it.
+    snapshot: Arc<std::sync::Mutex<Option<StoredSnapshot>>>,
     disk: Option<RaftDisk>,
     /// Snapshots built so far (part of the snapshot id).
     built: u64,
+}
+
+fn lock_snapshot(
+    slot: &std::sync::Mutex<Option<StoredSnapshot>>,
+) -> std::sync::MutexGuard<'_, Option<StoredSnapshot>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl StateMachine {
@@ -398,13 +407,13 @@ impl StateMachine {
             shared,
             last_applied: None,
             membership: StoredMembership::default(),
-            snapshot: None,
+            snapshot: Arc::default(),
             disk,
             built: 0,
         };
         if let Some(s) = snapshot {
             sm.load(&s)?;
-            sm.snapshot = Some(s);
+            *lock_snapshot(&sm.snapshot) = Some(s);
         }
         Ok(sm)
     }
@@ -427,19 +436,33 @@ pub struct SnapshotBuilder {
     meta: SnapshotMeta<NodeId, Member>,
     data: Vec<u8>,
     disk: Option<RaftDisk>,
+    /// The state machine's current snapshot, replaced once this one is built.
+    current: Arc<std::sync::Mutex<Option<StoredSnapshot>>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
+        let stored = StoredSnapshot {
+            meta: self.meta.clone(),
+            data: self.data.clone(),
+        };
         if let Some(d) = &self.disk {
-            let stored = StoredSnapshot {
-                meta: self.meta.clone(),
-                data: self.data.clone(),
-            };
             let v = serde_json::to_vec(&stored).map_err(|e| StorageIOError::write(&e))?;
             d.write(vec![(KEY_SNAPSHOT.to_vec(), Some(v))], true)
                 .await
                 .map_err(io_err)?;
+        }
+        // openraft purges the log up to this snapshot next: from now on a lagging follower
+        // is sent this one (keeping the older one here made `get_current_snapshot` return
+        // nothing or a snapshot older than the purged log).
+        {
+            let mut current = lock_snapshot(&self.current);
+            let newer = current
+                .as_ref()
+                .is_none_or(|c| c.meta.last_log_id <= stored.meta.last_log_id);
+            if newer {
+                *current = Some(stored);
+            }
         }
         Ok(Snapshot {
             meta: self.meta.clone(),
@@ -506,6 +529,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
             data: serde_json::to_vec(&commands).unwrap_or_default(),
             disk: self.disk.clone(),
+            current: self.snapshot.clone(),
         }
     }
 
@@ -529,12 +553,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .await
                 .map_err(io_err)?;
         }
-        self.snapshot = Some(stored);
+        *lock_snapshot(&self.snapshot) = Some(stored);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
-        Ok(self.snapshot.as_ref().map(|s| Snapshot {
+        Ok(lock_snapshot(&self.snapshot).as_ref().map(|s| Snapshot {
             meta: s.meta.clone(),
             snapshot: Box::new(Cursor::new(s.data.clone())),
         }))

@@ -273,7 +273,7 @@ impl Peer {
                 disc.into_iter()
                     .chain(ram)
                     .find(|m| m.name == self.name)
-                    .map(|m| m.addr)
+                    .map(|m| c.dial_addr(&m))
             })
             .ok_or_else(|| format!("node {} is not a cluster member", self.name))?;
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, link::connect(shared, &addr))
