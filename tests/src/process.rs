@@ -95,8 +95,28 @@ fn build_binary(name: &str) -> PathBuf {
     }
 }
 
-/// A free TCP port on loopback (the OS may hand it out again later; tests use it at once).
+/// A free TCP port on loopback, below the system's ephemeral range (32768 and up on Linux):
+/// a node stopped and started again on the same ports must not find one of them taken by
+/// some other test's outgoing connection meanwhile. Ports are handed out in turn from a
+/// start that depends on the process id, each checked free when handed out.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7_919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        let port = u16::try_from(port).expect("ports below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
