@@ -3,35 +3,13 @@
 //! checked between nodes, a minority refusing definition changes at once while it keeps
 //! serving its queues, and whole-cluster restarts in any order.
 
+use crate::cluster_common::{connect, json, status};
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::time::{Duration, Instant};
 use warren_tests::cluster::{ClusterNode, TestCluster};
 use warren_tests::{eventually, unique, within};
-
-async fn connect(node: &ClusterNode) -> Connection {
-    within(
-        10,
-        "connect",
-        Connection::connect(&node.uri(), ConnectionProperties::default()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connect to {}: {e}", node.name))
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// `cluster_status --formatter json` without the fields that legitimately differ per node.
-async fn status(node: &ClusterNode) -> serde_json::Value {
-    json(
-        &node
-            .ctl_ok(&["cluster_status", "--formatter", "json"])
-            .await,
-    )
-}
 
 async fn queue_names(node: &ClusterNode) -> Vec<(String, String)> {
     let out = node

@@ -4,6 +4,7 @@
 //! order, a node killed with SIGKILL while thousands of definitions change, and links with
 //! added latency.
 
+use crate::cluster_common::{connect, json, status};
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -11,32 +12,10 @@ use std::time::{Duration, Instant};
 use warren_tests::cluster::{ClusterNode, TestCluster};
 use warren_tests::{eventually, unique, within};
 
-async fn connect(node: &ClusterNode) -> Connection {
-    within(
-        10,
-        "connect",
-        Connection::connect(&node.uri(), ConnectionProperties::default()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connect to {}: {e}", node.name))
-}
-
 async fn channel(node: &ClusterNode) -> (Connection, Channel) {
     let conn = connect(node).await;
     let ch = conn.create_channel().await.expect("channel");
     (conn, ch)
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-async fn status(node: &ClusterNode) -> serde_json::Value {
-    json(
-        &node
-            .ctl_ok(&["cluster_status", "--formatter", "json"])
-            .await,
-    )
 }
 
 /// The index of the Raft leader, as node `asked` sees it (waits until it knows one).

@@ -4,9 +4,10 @@
 //! `force_boot` after a majority of disc nodes is lost for good, the transient and exclusive
 //! queues of a node that goes down, and mutual TLS on the distribution port.
 
+use crate::cluster_common::{connect, json, status};
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -16,28 +17,6 @@ use std::time::Duration;
 use warren_tests::cluster::{ClusterNode, TestCluster};
 use warren_tests::process::server_binary;
 use warren_tests::{eventually, unique, within};
-
-async fn connect(node: &ClusterNode) -> Connection {
-    within(
-        10,
-        "connect",
-        Connection::connect(&node.uri(), ConnectionProperties::default()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connect to {}: {e}", node.name))
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-async fn status(node: &ClusterNode) -> serde_json::Value {
-    json(
-        &node
-            .ctl_ok(&["cluster_status", "--formatter", "json"])
-            .await,
-    )
-}
 
 async fn queue_names(node: &ClusterNode) -> Vec<String> {
     let out = node

@@ -6,6 +6,7 @@ mod alarms;
 mod auth;
 mod basic;
 mod cluster;
+mod cluster_common;
 mod cluster_faults;
 mod cluster_lifecycle;
 mod cluster_remote;
