@@ -187,11 +187,41 @@ pub fn encode_message(msg: &Message, durable: bool, expires_at: Option<u64>) -> 
 
 /// `encode_message` into a plain vector (what the database takes).
 fn encode_record(msg: &Message, durable: bool, expires_at: Option<u64>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(record_len(msg, expires_at));
+    encode_record_into(&mut b, msg, durable, expires_at);
+    b
+}
+
+/// The length of a message's record.
+pub fn record_len(msg: &Message, expires_at: Option<u64>) -> usize {
+    let extra: usize = msg.extra_keys.iter().map(|k| k.len().min(255) + 1).sum();
+    let extra = if msg.extra_keys.is_empty() {
+        0
+    } else {
+        2 + extra
+    };
+    let expires = if expires_at.is_some() { 8 } else { 0 };
+    2 + expires
+        + 1
+        + msg.exchange.len()
+        + 1
+        + msg.routing_key.len()
+        + extra
+        + 4
+        + msg.properties.raw().len()
+        + msg.body.len()
+}
+
+/// Appends a message's record (see `encode_message`) to `b`, which may hold other data
+/// before it: frames of the cluster's queue link carry records this way without a copy of
+/// their own.
+pub fn encode_record_into<B: BufMut>(
+    b: &mut B,
+    msg: &Message,
+    durable: bool,
+    expires_at: Option<u64>,
+) {
     let props = msg.properties.raw();
-    let extra: usize = msg.extra_keys.iter().map(|k| k.len() + 1).sum();
-    let mut b = Vec::with_capacity(
-        18 + extra + msg.exchange.len() + msg.routing_key.len() + props.len() + msg.body.len(),
-    );
     let mut flags = if durable { FLAG_DURABLE } else { 0 };
     if expires_at.is_some() {
         flags |= FLAG_EXPIRES;
@@ -219,7 +249,6 @@ fn encode_record(msg: &Message, durable: bool, expires_at: Option<u64>) -> Vec<u
     b.put_u32(props.len() as u32);
     b.put_slice(props);
     b.put_slice(&msg.body);
-    b
 }
 
 /// A decoded message record.
@@ -1028,7 +1057,9 @@ mod tests {
         assert!(decode_message(cut).is_err());
         let mut with_keys = msg(b"x");
         with_keys.extra_keys = vec![Arc::from("cc1"), Arc::from("bcc")].into_boxed_slice();
-        let d = decode_message(encode_message(&with_keys, false, Some(1234))).expect("decodes");
+        let record = encode_message(&with_keys, false, Some(1234));
+        assert_eq!(record.len(), record_len(&with_keys, Some(1234)));
+        let d = decode_message(record).expect("decodes");
         assert_eq!(d.expires_at, Some(1234));
         assert_eq!(
             d.msg.routing_keys().collect::<Vec<_>>(),

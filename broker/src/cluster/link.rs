@@ -9,8 +9,10 @@
 //! control requests; the home node answers with confirms (by sequence number, once the queue
 //! accepted the message, after its fsync for a persistent one), pushes deliveries to the
 //! link's consumers and answers requests. Message bodies stay `Bytes`: a frame's message
-//! record is decoded in place. Each end runs one task reading and one writing; the writer
-//! batches whatever is queued into one write.
+//! record is decoded in place, and encoded straight into the link's outgoing buffer. Each
+//! end runs one task reading and one writing; the writer takes whatever was queued in one
+//! write. Publishes arriving together are handed to the home queue together, and
+//! consecutive confirms travel as one frame.
 //!
 //! When a link drops, the home node requeues the unacked deliveries of every consumer that
 //! came over it, and the other node nacks the publishes still awaiting a confirm and cancels
@@ -23,21 +25,21 @@ use crate::delivery::{ChannelFlow, ChannelKey, ChannelRef, ConnEvent, Delivery};
 use crate::dist::protocol::Role;
 use crate::dist::{Client, ClientError};
 use crate::message::Message;
-use crate::queue::{ConsumerSpec, Publish, QueueHandle, Settle};
+use crate::queue::{ConsumerSpec, Publish, PublishBatches, QueueHandle, Settle};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Publishes sent on a link and not yet confirmed by the home node, at most.
 pub const WINDOW: usize = 8192;
 /// The largest frame accepted (a message record plus a few names).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
-/// A writer sends what it has once this much is buffered.
+/// A writer's buffer is this large to start with (and is shrunk back to it after a burst).
 const WRITE_BATCH: usize = 256 * 1024;
 
 // Frame kinds, from the node using a queue to its home node.
@@ -46,6 +48,7 @@ const SETTLE: u8 = 2;
 const REQUEST: u8 = 3;
 // From the home node.
 const READY: u8 = 10;
+/// Confirms of `count` consecutive sequence numbers from `seq`.
 const CONFIRM: u8 = 11;
 const DELIVER: u8 = 12;
 const RESPONSE: u8 = 13;
@@ -53,6 +56,8 @@ const EVENT: u8 = 14;
 
 /// A request id that asks for no response.
 const NO_REPLY: u64 = 0;
+/// The length of a confirm frame: length, kind, seq, count, ok.
+const CONFIRM_FRAME: usize = 4 + 1 + 8 + 4 + 1;
 
 /// Opens an authenticated connection to a home node's distribution port for a queue link.
 /// Every link connection is made here (a TLS layer on the distribution port wraps it here).
@@ -97,6 +102,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             r,
             buf: BytesMut::with_capacity(128 * 1024),
         }
+    }
+
+    /// True when a whole frame is already buffered (`next` returns without reading).
+    fn has_frame(&self) -> bool {
+        self.buf.len() >= 4
+            && self.buf.len()
+                >= 4 + u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize
     }
 
     /// The next frame, or None at the end of the stream.
@@ -189,6 +202,14 @@ fn get_key(b: &mut Bytes) -> Result<WireKey, Malformed> {
     Ok((get_u64(b)?, get_u16(b)?, get_u64(b)?))
 }
 
+fn put_confirm(b: &mut BytesMut, seq: u64, count: u32, ok: bool) {
+    let at = begin(b, CONFIRM);
+    b.put_u64(seq);
+    b.put_u32(count);
+    b.put_u8(ok as u8);
+    end(b, at);
+}
+
 fn decode_msg(record: Bytes) -> Result<Message, Malformed> {
     crate::store::decode_message(record)
         .map(|d| d.msg)
@@ -214,33 +235,76 @@ fn settle_from(code: u8) -> Result<Settle, Malformed> {
     })
 }
 
-/// Writes frames as they come, batching whatever is queued into one write.
+/// Frames waiting to be written on a link: appended in place by whoever sends (a publish
+/// encodes its message record straight into it), taken whole by the link's writer. What
+/// waits is bounded by the publish window and the consumers' prefetch.
+struct Outbox {
+    buf: Mutex<BytesMut>,
+    ready: Notify,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Outbox {
+            buf: Mutex::new(BytesMut::with_capacity(WRITE_BATCH)),
+            ready: Notify::new(),
+        }
+    }
+
+    /// Appends frames (written by `frames` with `begin`/`end`) and wakes the writer.
+    fn append(&self, frames: impl FnOnce(&mut BytesMut)) {
+        frames(&mut self.buf.lock().unwrap_or_else(|e| e.into_inner()));
+        self.ready.notify_one();
+    }
+
+    /// Appends one frame of `kind` whose fields `fields` writes.
+    fn frame(&self, kind: u8, fields: impl FnOnce(&mut BytesMut)) {
+        self.append(|b| {
+            let at = begin(b, kind);
+            fields(b);
+            end(b, at);
+        });
+    }
+
+    /// Moves what waits into `into` (which the caller has emptied).
+    fn take(&self, into: &mut BytesMut) {
+        std::mem::swap(
+            &mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()),
+            into,
+        );
+    }
+}
+
+/// Empties a writer's buffer, giving back the memory of a burst.
+fn reset(buf: &mut BytesMut) {
+    if buf.capacity() > 4 * WRITE_BATCH {
+        *buf = BytesMut::with_capacity(WRITE_BATCH);
+    } else {
+        buf.clear();
+    }
+}
+
+/// Writes what the outbox holds, in one write each time it is woken.
 async fn write_frames<W: AsyncWrite + Unpin>(
     mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    outbox: Arc<Outbox>,
     stop: CancellationToken,
 ) {
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH * 2);
+    let mut buf = BytesMut::with_capacity(WRITE_BATCH);
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             biased;
-            f = rx.recv() => match f { Some(f) => f, None => break },
             _ = stop.cancelled() => break,
-        };
-        buf.extend_from_slice(&first);
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(f) => buf.extend_from_slice(&f),
-                Err(_) => break,
-            }
+            _ = outbox.ready.notified() => {}
         }
-        if w.write_all(&buf).await.is_err() {
+        outbox.take(&mut buf);
+        if buf.is_empty() {
+            continue;
+        }
+        if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
             break;
         }
-        buf.clear();
-        if rx.is_empty() && w.flush().await.is_err() {
-            break;
-        }
+        reset(&mut buf);
     }
     stop.cancel();
     let _ = w.shutdown().await;
@@ -257,17 +321,53 @@ struct LinkConsumer {
     queue: (Arc<str>, Arc<str>),
 }
 
+/// Where a publish's confirm goes: the publishing channel and its own sequence number
+/// (None: the publisher did not ask for one).
+type ConfirmTo = Option<(ChannelRef, u64)>;
+
+/// Publishes sent on a link and awaiting their confirm, by the link's sequence number, which
+/// is handed out here in order (so a deque indexed from the oldest one does).
+struct Unconfirmed {
+    /// The sequence number of `slots[0]`.
+    first: u64,
+    /// None once answered (the home node confirms in any order across queues).
+    slots: VecDeque<Option<ConfirmTo>>,
+}
+
+impl Unconfirmed {
+    /// Records a publish, returning its sequence number.
+    fn push(&mut self, to: ConfirmTo) -> u64 {
+        self.slots.push_back(Some(to));
+        self.first + self.slots.len() as u64 - 1
+    }
+
+    /// Takes a publish's confirm target, None if it is not awaited (answered already, or a
+    /// number the home node should not have sent).
+    fn take(&mut self, seq: u64) -> Option<ConfirmTo> {
+        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        let to = self.slots.get_mut(i)?.take()?;
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.first += 1;
+        }
+        Some(to)
+    }
+
+    /// Takes every awaited confirm target.
+    fn drain(&mut self) -> impl Iterator<Item = ConfirmTo> {
+        self.first += self.slots.len() as u64;
+        std::mem::take(&mut self.slots).into_iter().flatten()
+    }
+}
+
 /// The using node's end of a link to one home node.
 pub struct Link {
     /// The home node's name.
     pub home: String,
-    out: mpsc::UnboundedSender<Bytes>,
-    next_seq: AtomicU64,
+    out: Arc<Outbox>,
     next_request: AtomicU64,
-    /// Publishes awaiting their confirm: sequence number -> the channel and its own sequence
-    /// number (None: the publisher did not ask for a confirm). A std mutex: held for an
-    /// insert or a remove.
-    confirms: Mutex<HashMap<u64, Option<(ChannelRef, u64)>>>,
+    /// Publishes awaiting their confirm. A std mutex: held to record or answer a few.
+    confirms: Mutex<Unconfirmed>,
     /// Requests awaiting their response. A std mutex, as above.
     requests: Mutex<HashMap<u64, oneshot::Sender<Bytes>>>,
     /// Consumers of queues on the home node whose deliveries come over this link.
@@ -284,85 +384,83 @@ impl Link {
         self.closed.is_cancelled()
     }
 
-    /// Sends a publish; its confirm (or nack, if the link drops first) goes to `confirm`.
-    /// Returns false if the link is gone (the caller nacks).
-    pub async fn publish(
-        &self,
-        vhost: &str,
-        queue: &str,
-        msg: &Message,
-        confirm: Option<(ChannelRef, u64)>,
-    ) -> Result<(), Option<(ChannelRef, u64)>> {
-        let Ok(permit) = self.window.acquire().await else {
-            return Err(confirm);
-        };
-        permit.forget();
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.confirms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(seq, confirm);
-        let record = crate::store::encode_message(msg, false, None);
-        let mut b = BytesMut::with_capacity(32 + vhost.len() + queue.len() + record.len());
-        let at = begin(&mut b, PUBLISH);
-        b.put_u64(seq);
-        put_str(&mut b, vhost);
-        put_str(&mut b, queue);
-        b.put_slice(&record);
-        end(&mut b, at);
-        let sent = self.out.send(b.freeze()).is_ok();
-        if !sent || self.is_closed() {
-            // The link's failure path may have run before the insert: answer here unless
-            // it did.
-            let mine = self
-                .confirms
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&seq);
-            if let Some(c) = mine {
-                return Err(c);
-            }
+    /// Sends publishes to a queue on the home node, in order; their confirms (or nacks, if
+    /// the link drops first) go to their channels. Returns the confirm targets of those
+    /// the link could not take (the caller nacks them).
+    pub async fn publish(&self, vhost: &str, queue: &str, batch: Vec<Publish>) -> Vec<ConfirmTo> {
+        let n = batch.len().min(WINDOW) as u32;
+        match self.window.acquire_many(n).await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return batch.into_iter().map(|p| p.confirm).collect(),
         }
-        Ok(())
+        let mut msgs = Vec::with_capacity(batch.len());
+        let first = {
+            let mut confirms = self.confirms.lock().unwrap_or_else(|e| e.into_inner());
+            let mut first = None;
+            for p in batch {
+                let seq = confirms.push(p.confirm);
+                first.get_or_insert(seq);
+                msgs.push(p.msg);
+            }
+            first.unwrap_or_default()
+        };
+        self.out.append(|b| {
+            for (seq, msg) in (first..).zip(&msgs) {
+                let at = begin(b, PUBLISH);
+                b.put_u64(seq);
+                put_str(b, vhost);
+                put_str(b, queue);
+                crate::store::encode_record_into(b, msg, false, None);
+                end(b, at);
+            }
+        });
+        if !self.is_closed() {
+            return Vec::new();
+        }
+        // The link's failure path may have run before the publishes were recorded: answer
+        // here those it did not.
+        let mut confirms = self.confirms.lock().unwrap_or_else(|e| e.into_inner());
+        (first..first + msgs.len() as u64)
+            .filter_map(|seq| confirms.take(seq))
+            .collect()
     }
 
     /// Sends acks, rejects or returns of deliveries.
     pub fn settle(&self, vhost: &str, queue: &str, key: WireKey, ids: &[u64], how: Settle) {
-        let mut b = BytesMut::with_capacity(48 + vhost.len() + queue.len() + ids.len() * 8);
-        let at = begin(&mut b, SETTLE);
-        put_str(&mut b, vhost);
-        put_str(&mut b, queue);
-        put_key(&mut b, key);
-        b.put_u8(settle_code(how));
-        b.put_u32(ids.len() as u32);
-        for id in ids {
-            b.put_u64(*id);
-        }
-        end(&mut b, at);
-        let _ = self.out.send(b.freeze());
+        self.out.frame(SETTLE, |b| {
+            put_str(b, vhost);
+            put_str(b, queue);
+            put_key(b, key);
+            b.put_u8(settle_code(how));
+            b.put_u32(ids.len() as u32);
+            for id in ids {
+                b.put_u64(*id);
+            }
+        });
     }
 
-    fn request_frame(id: u64, op: &QueueOp) -> Option<Bytes> {
-        let json = serde_json::to_vec(op).ok()?;
-        let mut b = BytesMut::with_capacity(16 + json.len());
-        let at = begin(&mut b, REQUEST);
-        b.put_u64(id);
-        b.put_slice(&json);
-        end(&mut b, at);
-        Some(b.freeze())
+    /// Queues a request frame; false if `op` could not be encoded.
+    fn send_request(&self, id: u64, op: &QueueOp) -> bool {
+        let Ok(json) = serde_json::to_vec(op) else {
+            return false;
+        };
+        self.out.frame(REQUEST, |b| {
+            b.put_u64(id);
+            b.put_slice(&json);
+        });
+        true
     }
 
     /// Sends a control request and waits for its JSON response; None if the link dropped
     /// or the home node did not answer in time.
     pub async fn request(&self, op: &QueueOp, timeout: Duration) -> Option<Bytes> {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let frame = Self::request_frame(id, op)?;
         let (tx, rx) = oneshot::channel();
         self.requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
-        if self.out.send(frame).is_err() || self.is_closed() {
+        if !self.send_request(id, op) || self.is_closed() {
             self.requests
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -381,9 +479,7 @@ impl Link {
 
     /// Sends a control request that needs no answer (it is still ordered with the rest).
     pub fn notify(&self, op: &QueueOp) {
-        if let Some(frame) = Self::request_frame(NO_REPLY, op) {
-            let _ = self.out.send(frame);
-        }
+        self.send_request(NO_REPLY, op);
     }
 
     /// Remembers a consumer registered over this link.
@@ -418,9 +514,13 @@ impl Link {
     fn fail(&self) {
         self.closed.cancel();
         self.window.close();
-        let confirms =
-            std::mem::take(&mut *self.confirms.lock().unwrap_or_else(|e| e.into_inner()));
-        for (channel, seq) in confirms.into_values().flatten() {
+        let confirms: Vec<ConfirmTo> = self
+            .confirms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (channel, seq) in confirms.into_iter().flatten() {
             let _ = channel.events.send(ConnEvent::Confirm {
                 channel: channel.key,
                 seq,
@@ -464,19 +564,21 @@ where
         Some(f) if f.first() == Some(&READY) => {}
         _ => return Err(format!("node {home} is not serving its queues")),
     }
-    let (out, rx) = mpsc::unbounded_channel();
+    let out = Arc::new(Outbox::new());
     let link = Arc::new(Link {
         home,
-        out,
-        next_seq: AtomicU64::new(1),
+        out: out.clone(),
         next_request: AtomicU64::new(1),
-        confirms: Mutex::new(HashMap::new()),
+        confirms: Mutex::new(Unconfirmed {
+            first: 1,
+            slots: VecDeque::new(),
+        }),
         requests: Mutex::new(HashMap::new()),
         consumers: Mutex::new(Vec::new()),
         window: Semaphore::new(WINDOW),
         closed: CancellationToken::new(),
     });
-    tokio::spawn(write_frames(w, rx, link.closed.clone()));
+    tokio::spawn(write_frames(w, out, link.closed.clone()));
     let (l, weak) = (link.clone(), Arc::downgrade(shared));
     tokio::spawn(async move {
         let shutdown = weak
@@ -498,6 +600,9 @@ where
     Ok(link)
 }
 
+/// A channel's consumer tags as they come on the wire and as deliveries carry them.
+type ConsumerTags = Vec<(Bytes, Arc<str>)>;
+
 async fn read_from_home<R: AsyncRead + Unpin>(
     shared: &std::sync::Weak<BrokerShared>,
     link: &Link,
@@ -505,6 +610,11 @@ async fn read_from_home<R: AsyncRead + Unpin>(
 ) -> Result<(), String> {
     // Queue handles by (vhost, queue), kept while they are the live incarnation.
     let mut queues: HashMap<(Bytes, Bytes), QueueHandle> = HashMap::new();
+    // Local channels by key, with their consumer tags, while no channel consuming from
+    // another node has closed since.
+    let mut channels: HashMap<WireKey, (ChannelRef, ConsumerTags)> = HashMap::new();
+    let mut channels_of = 0;
+    let mut answered: Vec<ConfirmTo> = Vec::new();
     loop {
         let Some(mut f) = reader.next().await.map_err(|e| e.to_string())? else {
             return Err("the home node closed the link".into());
@@ -513,21 +623,22 @@ async fn read_from_home<R: AsyncRead + Unpin>(
         match get_u8(&mut f).map_err(malformed)? {
             CONFIRM => {
                 let seq = get_u64(&mut f).map_err(malformed)?;
+                let count = get_u32(&mut f).map_err(malformed)?;
                 let ok = get_u8(&mut f).map_err(malformed)? != 0;
-                let c = link
-                    .confirms
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&seq);
-                if let Some(c) = c {
-                    link.window.add_permits(1);
-                    if let Some((channel, seq)) = c {
-                        let _ = channel.events.send(ConnEvent::Confirm {
-                            channel: channel.key,
-                            seq,
-                            ok,
-                        });
-                    }
+                answered.clear();
+                {
+                    let mut confirms = link.confirms.lock().unwrap_or_else(|e| e.into_inner());
+                    answered.extend(
+                        (seq..seq.saturating_add(count as u64)).filter_map(|s| confirms.take(s)),
+                    );
+                }
+                link.window.add_permits(answered.len());
+                for (channel, seq) in answered.drain(..).flatten() {
+                    let _ = channel.events.send(ConnEvent::Confirm {
+                        channel: channel.key,
+                        seq,
+                        ok,
+                    });
                 }
             }
             DELIVER => {
@@ -541,9 +652,29 @@ async fn read_from_home<R: AsyncRead + Unpin>(
                 let Some(shared) = shared.upgrade() else {
                     return Ok(());
                 };
-                let Some(channel) = remote_queue::local_channel(&shared, key) else {
-                    // The channel closed; its close requeues this delivery on the home node.
-                    continue;
+                let generation = remote_queue::local_channels_generation(&shared);
+                if generation != channels_of {
+                    channels.clear();
+                    channels_of = generation;
+                }
+                let (channel, tags) = match channels.get_mut(&key) {
+                    Some(c) => c,
+                    None => {
+                        let Some(channel) = remote_queue::local_channel(&shared, key) else {
+                            // The channel closed; its close requeues this delivery on the
+                            // home node.
+                            continue;
+                        };
+                        channels.entry(key).or_insert((channel, Vec::new()))
+                    }
+                };
+                let consumer_tag = match tags.iter().find(|(t, _)| *t == tag) {
+                    Some((_, a)) => a.clone(),
+                    None => {
+                        let a: Arc<str> = Arc::from(as_str(&tag));
+                        tags.push((tag, a.clone()));
+                        a
+                    }
                 };
                 let cached = queues
                     .get(&(vhost.clone(), queue.clone()))
@@ -566,7 +697,7 @@ async fn read_from_home<R: AsyncRead + Unpin>(
                 channel.flow.acquire_granted(no_ack);
                 let _ = channel.events.send(ConnEvent::Deliver(Delivery {
                     channel: channel.key,
-                    consumer_tag: Arc::from(as_str(&tag)),
+                    consumer_tag,
                     queue: q,
                     msg_id,
                     msg: Arc::new(msg),
@@ -643,17 +774,14 @@ where
         return;
     };
     let (events, events_rx) = mpsc::unbounded_channel();
-    let (frames, frames_rx) = mpsc::unbounded_channel();
+    let frames = Arc::new(Outbox::new());
     let channels: Channels = Default::default();
     let stop = CancellationToken::new();
-    let mut ready = BytesMut::new();
-    let at = begin(&mut ready, READY);
-    end(&mut ready, at);
-    let _ = frames.send(ready.freeze());
+    frames.frame(READY, |_| {});
     let writer = tokio::spawn(write_home(
         w,
         events_rx,
-        frames_rx,
+        frames.clone(),
         channels.clone(),
         stop.clone(),
     ));
@@ -696,19 +824,14 @@ where
 struct HomeLink {
     shared: Arc<BrokerShared>,
     events: mpsc::UnboundedSender<ConnEvent>,
-    frames: mpsc::UnboundedSender<Bytes>,
+    frames: Arc<Outbox>,
     channels: Channels,
     confirm_ref: ChannelRef,
 }
 
 impl HomeLink {
     fn confirm(&self, seq: u64, ok: bool) {
-        let mut b = BytesMut::with_capacity(14);
-        let at = begin(&mut b, CONFIRM);
-        b.put_u64(seq);
-        b.put_u8(ok as u8);
-        end(&mut b, at);
-        let _ = self.frames.send(b.freeze());
+        self.frames.append(|b| put_confirm(b, seq, 1, ok));
     }
 
     fn local_queue(&self, vhost: &str, queue: &str) -> Option<QueueHandle> {
@@ -720,12 +843,22 @@ impl HomeLink {
 
     async fn read<R: AsyncRead + Unpin>(&self, reader: &mut FrameReader<R>) -> Result<(), String> {
         let mut queues: HashMap<(Bytes, Bytes), QueueHandle> = HashMap::new();
+        // Publishes that arrived together go to their queues together: handed over once
+        // nothing more is buffered, and before any other frame is handled.
+        let mut batches = PublishBatches::default();
         loop {
+            if !batches.is_empty() && !reader.has_frame() {
+                batches.flush().await;
+            }
             let Some(mut f) = reader.next().await.map_err(|e| e.to_string())? else {
                 return Ok(());
             };
             let malformed = |_| "malformed frame".to_string();
-            match get_u8(&mut f).map_err(malformed)? {
+            let kind = get_u8(&mut f).map_err(malformed)?;
+            if kind != PUBLISH && !batches.is_empty() {
+                batches.flush().await;
+            }
+            match kind {
                 PUBLISH => {
                     let seq = get_u64(&mut f).map_err(malformed)?;
                     let vhost = get_str(&mut f).map_err(malformed)?;
@@ -745,19 +878,20 @@ impl HomeLink {
                             q
                         }
                     };
-                    let accepted = match q {
+                    match q {
                         Some(q) => {
-                            q.publish(Publish {
-                                msg: Arc::new(msg),
-                                confirm: Some((self.confirm_ref.clone(), seq)),
-                            })
-                            .await
+                            batches.push(
+                                &q,
+                                Publish {
+                                    msg: Arc::new(msg),
+                                    confirm: Some((self.confirm_ref.clone(), seq)),
+                                },
+                            );
+                            if batches.is_full() {
+                                batches.flush().await;
+                            }
                         }
-                        None => false,
-                    };
-                    if !accepted {
-                        queues.remove(&cache_key);
-                        self.confirm(seq, false);
+                        None => self.confirm(seq, false),
                     }
                 }
                 SETTLE => {
@@ -790,12 +924,10 @@ impl HomeLink {
                     let reply = self.request(op).await;
                     if id != NO_REPLY {
                         let json = serde_json::to_vec(&reply).unwrap_or_default();
-                        let mut b = BytesMut::with_capacity(16 + json.len());
-                        let at = begin(&mut b, RESPONSE);
-                        b.put_u64(id);
-                        b.put_slice(&json);
-                        end(&mut b, at);
-                        let _ = self.frames.send(b.freeze());
+                        self.frames.frame(RESPONSE, |b| {
+                            b.put_u64(id);
+                            b.put_slice(&json);
+                        });
                     }
                 }
                 k => return Err(format!("unexpected frame kind {k}")),
@@ -873,47 +1005,51 @@ impl HomeLink {
 }
 
 /// The home node's writer: turns queue events (confirms, deliveries, cancellations) and
-/// ready frames into one stream, returning delivery credit once deliveries are written.
+/// the frames of the outbox into one stream, returning delivery credit once deliveries are
+/// written.
 async fn write_home<W: AsyncWrite + Unpin>(
     mut w: W,
     mut events: mpsc::UnboundedReceiver<ConnEvent>,
-    mut frames: mpsc::UnboundedReceiver<Bytes>,
+    frames: Arc<Outbox>,
     channels: Channels,
     stop: CancellationToken,
 ) {
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH * 2);
-    // Deliveries written per channel, to return their in-transit credit.
-    let mut written: Vec<(WireKey, u32)> = Vec::new();
+    let mut buf = BytesMut::with_capacity(WRITE_BATCH);
+    // What the outbox held (requests' responses, refusals): few and small.
+    let mut spare = BytesMut::new();
+    let mut enc = HomeEncoder::default();
     loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             e = events.recv() => match e {
-                Some(e) => encode_event(&mut buf, e, &mut written),
+                Some(e) => enc.event(&mut buf, e),
                 None => break,
             },
-            f = frames.recv() => match f {
-                Some(f) => buf.extend_from_slice(&f),
-                None => break,
-            },
+            _ = frames.ready.notified() => {}
         }
+        // The outbox's frames, then every event waiting.
+        frames.take(&mut spare);
+        buf.extend_from_slice(&spare);
+        spare.clear();
         while buf.len() < WRITE_BATCH {
-            if let Ok(f) = frames.try_recv() {
-                buf.extend_from_slice(&f);
-            } else if let Ok(e) = events.try_recv() {
-                encode_event(&mut buf, e, &mut written);
-            } else {
-                break;
+            match events.try_recv() {
+                Ok(e) => enc.event(&mut buf, e),
+                Err(_) => break,
             }
         }
-        if w.write_all(&buf).await.is_err() {
+        if buf.is_empty() {
+            continue;
+        }
+        if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
             break;
         }
-        buf.clear();
-        if !written.is_empty() {
+        reset(&mut buf);
+        enc.confirms = None;
+        if !enc.written.is_empty() {
             let flows: Vec<(Arc<ChannelFlow>, u32)> = {
                 let map = channels.lock().unwrap_or_else(|e| e.into_inner());
-                written
+                enc.written
                     .drain(..)
                     .filter_map(|(k, n)| map.get(&k).map(|c| (c.channel.flow.clone(), n)))
                     .collect()
@@ -922,64 +1058,87 @@ async fn write_home<W: AsyncWrite + Unpin>(
                 flow.written(n);
             }
         }
-        if events.is_empty() && frames.is_empty() && w.flush().await.is_err() {
-            break;
-        }
     }
     stop.cancel();
     let _ = w.shutdown().await;
 }
 
-fn encode_event(b: &mut BytesMut, e: ConnEvent, written: &mut Vec<(WireKey, u32)>) {
-    match e {
-        ConnEvent::Confirm { seq, ok, .. } => {
-            let at = begin(b, CONFIRM);
-            b.put_u64(seq);
-            b.put_u8(ok as u8);
-            end(b, at);
-        }
-        ConnEvent::Deliver(d) => {
-            let key = wire(d.channel);
-            let at = begin(b, DELIVER);
-            put_key(b, key);
-            put_str(b, &d.consumer_tag);
-            put_str(b, d.queue.vhost());
-            put_str(b, d.queue.name());
-            b.put_u64(d.msg_id);
-            b.put_u8((d.redelivered as u8) | ((d.no_ack as u8) << 1));
-            b.put_slice(&crate::store::encode_message(&d.msg, false, None));
-            end(b, at);
-            match written.last_mut() {
-                Some((k, n)) if *k == key => *n += 1,
-                _ => written.push((key, 1)),
+/// Encodes queue events into the home node's frames.
+#[derive(Default)]
+struct HomeEncoder {
+    /// Deliveries written per channel, to return their in-transit credit.
+    written: Vec<(WireKey, u32)>,
+    /// The confirm frame last encoded, while it is the last frame of the buffer: where it
+    /// starts, the next sequence number it could take in, and its outcome.
+    confirms: Option<(usize, u64, bool)>,
+}
+
+impl HomeEncoder {
+    fn event(&mut self, b: &mut BytesMut, e: ConnEvent) {
+        match e {
+            ConnEvent::Confirm { seq, ok, .. } => {
+                if let Some((at, next, was_ok)) = &mut self.confirms {
+                    if *at + CONFIRM_FRAME == b.len() && *next == seq && *was_ok == ok {
+                        // One more in the run: bump its count.
+                        let count_at = *at + 4 + 1 + 8;
+                        let count = u32::from_be_bytes([
+                            b[count_at],
+                            b[count_at + 1],
+                            b[count_at + 2],
+                            b[count_at + 3],
+                        ]);
+                        b[count_at..count_at + 4].copy_from_slice(&(count + 1).to_be_bytes());
+                        *next += 1;
+                        return;
+                    }
+                }
+                let at = b.len();
+                put_confirm(b, seq, 1, ok);
+                self.confirms = Some((at, seq + 1, ok));
             }
-        }
-        ConnEvent::ConsumerCancelled {
-            channel,
-            consumer_tag,
-        } => put_event(
-            b,
-            &RemoteEvent::Cancelled {
-                key: wire(channel),
-                tag: consumer_tag.to_string(),
-            },
-        ),
-        ConnEvent::ConsumerTimedOut {
-            channel,
-            consumer_tag,
-            queue,
-            msg_ids,
-        } => put_event(
-            b,
-            &RemoteEvent::TimedOut {
-                key: wire(channel),
-                tag: consumer_tag.to_string(),
-                vhost: queue.vhost().to_string(),
-                queue: queue.name().to_string(),
+            ConnEvent::Deliver(d) => {
+                let key = wire(d.channel);
+                let at = begin(b, DELIVER);
+                put_key(b, key);
+                put_str(b, &d.consumer_tag);
+                put_str(b, d.queue.vhost());
+                put_str(b, d.queue.name());
+                b.put_u64(d.msg_id);
+                b.put_u8((d.redelivered as u8) | ((d.no_ack as u8) << 1));
+                crate::store::encode_record_into(b, &d.msg, false, None);
+                end(b, at);
+                match self.written.last_mut() {
+                    Some((k, n)) if *k == key => *n += 1,
+                    _ => self.written.push((key, 1)),
+                }
+            }
+            ConnEvent::ConsumerCancelled {
+                channel,
+                consumer_tag,
+            } => put_event(
+                b,
+                &RemoteEvent::Cancelled {
+                    key: wire(channel),
+                    tag: consumer_tag.to_string(),
+                },
+            ),
+            ConnEvent::ConsumerTimedOut {
+                channel,
+                consumer_tag,
+                queue,
                 msg_ids,
-            },
-        ),
-        _ => {}
+            } => put_event(
+                b,
+                &RemoteEvent::TimedOut {
+                    key: wire(channel),
+                    tag: consumer_tag.to_string(),
+                    vhost: queue.vhost().to_string(),
+                    queue: queue.name().to_string(),
+                    msg_ids,
+                },
+            ),
+            _ => {}
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use crate::vhost::Vhost;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use warren_amqp::ReplyCode;
@@ -328,6 +328,8 @@ pub struct Registry {
     peers: Mutex<HashMap<String, Arc<Peer>>>,
     /// Local channels consuming from queues on other nodes (where their deliveries go).
     local_channels: Mutex<HashMap<WireKey, ChannelRef>>,
+    /// Counts removals from `local_channels` (links cache channels while it stays put).
+    local_channels_removed: AtomicU64,
 }
 
 impl Registry {
@@ -347,6 +349,12 @@ impl Registry {
             })
             .clone()
     }
+}
+
+/// Changes whenever a local channel stops consuming from queues on other nodes: a link may
+/// keep the channels it looked up while this stays the same.
+pub fn local_channels_generation(shared: &BrokerShared) -> u64 {
+    shared.remote.local_channels_removed.load(Ordering::Acquire)
 }
 
 /// The local channel a delivery from another node is for.
@@ -470,18 +478,14 @@ impl Proxy {
         }
     }
 
-    /// Streams one publish to the home queue; nacks it if the link is down or drops first.
-    async fn publish(&mut self, p: Publish) {
+    /// Streams publishes to the home queue; nacks them if the link is down or drops first.
+    async fn publish(&mut self, batch: Vec<Publish>) {
         let refused = match self.link().await {
-            Some(link) => link
-                .publish(&self.vhost, &self.queue, &p.msg, p.confirm)
-                .await
-                .err()
-                .flatten(),
-            None => p.confirm,
+            Some(link) => link.publish(&self.vhost, &self.queue, batch).await,
+            None => batch.into_iter().map(|p| p.confirm).collect(),
         };
         // Not accepted by the home queue: nacked, never confirmed.
-        if let Some((channel, seq)) = refused {
+        for (channel, seq) in refused.into_iter().flatten() {
             let _ = channel.events.send(ConnEvent::Confirm {
                 channel: channel.key,
                 seq,
@@ -493,12 +497,8 @@ impl Proxy {
     async fn command(&mut self, cmd: QueueCmd) {
         let (vhost, queue) = self.names();
         match cmd {
-            QueueCmd::Publish(p) => self.publish(p).await,
-            QueueCmd::PublishBatch(batch) => {
-                for p in batch {
-                    self.publish(p).await;
-                }
-            }
+            QueueCmd::Publish(p) => self.publish(vec![p]).await,
+            QueueCmd::PublishBatch(batch) => self.publish(batch).await,
             QueueCmd::Consume(spec, reply) => {
                 let Some(shared) = self.shared.upgrade() else {
                     let _ = reply.send(Err(self.down()));
@@ -569,6 +569,10 @@ impl Proxy {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&wire(key));
+                    shared
+                        .remote
+                        .local_channels_removed
+                        .fetch_add(1, Ordering::AcqRel);
                 }
                 if let Some(link) = self.link.as_ref().filter(|l| !l.is_closed()) {
                     link.remove_consumers(&(self.vhost.clone(), self.queue.clone()), key, None);

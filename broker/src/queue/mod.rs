@@ -360,13 +360,11 @@ impl QueueHandle {
     /// RabbitMQ does.
     pub async fn publish_batch(&self, batch: Vec<Publish>) {
         if self.inner.remote {
-            // The proxy forwards publishes one by one, in order.
-            for p in batch {
-                if let Err(mpsc::error::SendError(QueueCmd::Publish(p))) =
-                    self.inner.tx.send(QueueCmd::Publish(p)).await
-                {
-                    confirm_dropped(p);
-                }
+            // The proxy streams them to the home node within its link's window.
+            if let Err(mpsc::error::SendError(QueueCmd::PublishBatch(batch))) =
+                self.inner.tx.send(QueueCmd::PublishBatch(batch)).await
+            {
+                batch.into_iter().for_each(confirm_dropped);
             }
         } else {
             let n = batch.len().min(INBOX_CAPACITY) as u32;
