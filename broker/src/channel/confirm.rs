@@ -2,19 +2,29 @@
 //! to has accepted it. Confirms go out in publish order, folded into `multiple` acks where
 //! a run of consecutive sequence numbers is settled; a nack is always sent on its own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::VecDeque;
 
 /// A confirm to send: (delivery tag, multiple, ack).
 pub type Confirm = (u64, bool, bool);
+
+/// Where a publish stands.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Its sequence number is handed out but its queues are not known yet.
+    Unknown,
+    /// Waiting for `left` queues; `refused` once any queue refused it.
+    Pending { left: u32, refused: bool },
+    /// Settled (acked or nacked), not yet confirmed to the client.
+    Settled(bool),
+}
 
 /// Tracks the outstanding publishes of a channel in confirm mode.
 #[derive(Debug, Default)]
 pub struct ConfirmTracker {
     last_seq: u64,
-    /// Publishes waiting for queues: remaining answers, and whether any queue refused.
-    pending: HashMap<u64, (u32, bool)>,
-    /// Settled publishes not yet confirmed to the client.
-    settled: BTreeMap<u64, bool>,
+    /// The publishes after `last_sent`, in order (sequence numbers are handed out in order
+    /// and confirmed in order, so a deque indexed from the oldest one holds them).
+    slots: VecDeque<Slot>,
     last_sent: u64,
 }
 
@@ -25,26 +35,46 @@ impl ConfirmTracker {
         self.last_seq
     }
 
+    /// The slot of `seq`, None if it was confirmed already.
+    fn slot(&mut self, seq: u64) -> Option<&mut Slot> {
+        let i = usize::try_from(seq.checked_sub(self.last_sent + 1)?).ok()?;
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, Slot::Unknown);
+        }
+        self.slots.get_mut(i)
+    }
+
     /// The publish `seq` went to `queues` queues (0: settle now with `ok`).
     pub fn expect(&mut self, seq: u64, queues: u32, ok: bool) {
-        if queues == 0 {
-            self.settled.insert(seq, ok);
-        } else {
-            self.pending.insert(seq, (queues, false));
+        if let Some(slot) = self.slot(seq) {
+            *slot = if queues == 0 {
+                Slot::Settled(ok)
+            } else {
+                Slot::Pending {
+                    left: queues,
+                    refused: false,
+                }
+            };
         }
     }
 
     /// One queue answered for `seq`.
     pub fn answer(&mut self, seq: u64, ok: bool) {
-        let Some((left, refused)) = self.pending.get_mut(&seq) else {
+        let Some(i) = seq
+            .checked_sub(self.last_sent + 1)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
             return;
         };
-        *left -= 1;
-        *refused |= !ok;
-        if *left == 0 {
-            let refused = *refused;
-            self.pending.remove(&seq);
-            self.settled.insert(seq, !refused);
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        if let Slot::Pending { left, refused } = slot {
+            *left -= 1;
+            *refused |= !ok;
+            if *left == 0 {
+                *slot = Slot::Settled(!*refused);
+            }
         }
     }
 
@@ -52,12 +82,10 @@ impl ConfirmTracker {
     pub fn drain(&mut self, out: &mut Vec<Confirm>) {
         let mut run_end = None;
         let mut run_len = 0u64;
-        loop {
-            let next = self.last_sent + 1;
-            let Some(ok) = self.settled.remove(&next) else {
-                break;
-            };
-            self.last_sent = next;
+        while let Some(Slot::Settled(ok)) = self.slots.front().copied() {
+            self.slots.pop_front();
+            self.last_sent += 1;
+            let next = self.last_sent;
             if ok {
                 run_end = Some(next);
                 run_len += 1;
@@ -113,5 +141,28 @@ mod tests {
         t.answer(c, true);
         t.drain(&mut out);
         assert_eq!(out, vec![(1, false, false), (3, true, true)]);
+    }
+
+    #[test]
+    fn answers_for_confirmed_or_unknown_sequence_numbers_change_nothing() {
+        let mut t = ConfirmTracker::default();
+        let a = t.next_seq();
+        t.expect(a, 1, true);
+        t.answer(a, true);
+        let mut out = vec![];
+        t.drain(&mut out);
+        assert_eq!(out, vec![(1, false, true)]);
+        // Late or stray answers: already confirmed, or never handed out.
+        t.answer(a, false);
+        t.answer(99, false);
+        let b = t.next_seq();
+        t.expect(b, 2, true);
+        t.answer(b, true);
+        out.clear();
+        t.drain(&mut out);
+        assert!(out.is_empty(), "2 waits for its second queue");
+        t.answer(b, true);
+        t.drain(&mut out);
+        assert_eq!(out, vec![(2, false, true)]);
     }
 }
