@@ -520,25 +520,56 @@ impl Cluster {
                 format!("{} ({detail})", self.majority_text()),
             )
         };
-        let leader = self.metrics().current_leader;
-        let resp = if leader == Some(self.id) {
-            match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(req)).await {
-                Ok(Ok(resp)) => resp.data,
-                Ok(Err(e)) => return Err(refused(e.to_string())),
-                Err(_) => return Err(refused("timed out".into())),
+        // A change forwarded to a leader that another one replaces meanwhile (it was cut
+        // off from the majority) goes to the new leader instead of waiting out the timeout.
+        // (Had the old leader committed it just before, the new one has it too and applies
+        // it again: a declaration is then equivalent, a deletion or a creation answers
+        // as for a second request. Without the retry the client got a refusal either way.)
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let resp = loop {
+            if self.metrics().current_leader == Some(self.id) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, self.raft.client_write(req)).await {
+                    Ok(Ok(resp)) => break resp.data,
+                    Ok(Err(e)) => return Err(refused(e.to_string())),
+                    Err(_) => return Err(refused("timed out".into())),
+                }
             }
-        } else {
-            let Some(leader) = self.leader() else {
+            let m = self.metrics();
+            let Some((leader_id, leader)) = m.current_leader.and_then(|id| {
+                let node = m.membership_config.membership().get_node(&id).cloned();
+                node.map(|n| (id, n))
+            }) else {
                 return Err(refused("no leader".into()));
             };
-            let r: Result<Response, crate::dist::ClientError> = network::peer_call(
-                &self.dial_addr(&leader),
+            let mut watch = self.raft.metrics();
+            let replaced = async {
+                loop {
+                    if watch.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    let now = watch.borrow().current_leader;
+                    if now.is_some() && now != Some(leader_id) {
+                        return;
+                    }
+                }
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let addr = self.dial_addr(&leader);
+            let call = network::peer_call(
+                &addr,
                 &self.cookie,
                 &self.me.name,
-                PeerOp::Write(req),
-                WRITE_TIMEOUT,
-            )
-            .await;
+                PeerOp::Write(req.clone()),
+                left,
+            );
+            let r: Result<Response, crate::dist::ClientError> = tokio::select! {
+                r = call => r,
+                _ = replaced => {
+                    tracing::info!(old = %leader.name, "leader replaced while a change was forwarded to it: forwarding to the new one");
+                    continue;
+                }
+            };
             let resp = match r {
                 Ok(resp) => resp,
                 Err(crate::dist::ClientError::Remote(e)) => {
@@ -555,7 +586,7 @@ impl Cluster {
             if applied.is_err() {
                 return Err(refused("not applied on this node in time".into()));
             }
-            resp
+            break resp;
         };
         resp.into_result()
     }
