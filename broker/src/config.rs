@@ -733,6 +733,40 @@ impl Config {
         if let Some((_, v)) = get("WARREN_DEFAULT_VHOST", Some("RABBITMQ_DEFAULT_VHOST")) {
             self.default_vhost = v;
         }
+        if let Some((name, v)) = get("WARREN_CLUSTER_NODES", None) {
+            self.set_cluster_nodes(&v)
+                .map_err(|m| ConfigError(format!("environment variable {name}: {m}")))?;
+        }
+        if let Some((name, v)) = get("WARREN_CLUSTER_NODE_TYPE", None) {
+            self.set_cluster_node_type(&v)
+                .map_err(|m| ConfigError(format!("environment variable {name}: {m}")))?;
+        }
+        Ok(())
+    }
+
+    /// Sets `cluster_nodes` from a comma- or space-separated list (the environment
+    /// variable's and the flag's form).
+    pub fn set_cluster_nodes(&mut self, list: &str) -> Result<(), String> {
+        let nodes: Vec<String> = list
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+            .collect();
+        for n in &nodes {
+            parse_member(n)?;
+        }
+        self.cluster_nodes = nodes;
+        Ok(())
+    }
+
+    /// Sets `cluster_node_type` from `disc` or `ram`.
+    pub fn set_cluster_node_type(&mut self, t: &str) -> Result<(), String> {
+        self.cluster_node_ram = match t.trim() {
+            "disc" | "disk" => false,
+            "ram" => true,
+            other => return Err(format!("'{other}' is not a node type (disc or ram)")),
+        };
         Ok(())
     }
 }
@@ -875,6 +909,31 @@ mod tests {
         assert!(e.0.contains("key `tls.certfile`"), "{e}");
         let e = apply("port = ").expect_err("syntax");
         assert!(e.0.contains("warren.toml"), "{e}");
+    }
+
+    #[test]
+    fn cluster_nodes_and_node_type_come_from_the_environment_too() {
+        let mut c = Config::default();
+        let env = |k: &str| match k {
+            "WARREN_CLUSTER_NODES" => Some("rabbit@h1, hare@h2:25999 ".to_string()),
+            "WARREN_CLUSTER_NODE_TYPE" => Some("ram".to_string()),
+            _ => None,
+        };
+        c.apply_env(&env).expect("valid");
+        assert_eq!(c.cluster_nodes, vec!["rabbit@h1", "hare@h2:25999"]);
+        assert!(c.cluster_node_ram);
+        let bad = |k: &str| (k == "WARREN_CLUSTER_NODES").then(|| "nohost".to_string());
+        let e = Config::default().apply_env(&bad).expect_err("bad name");
+        assert!(
+            e.0.contains("WARREN_CLUSTER_NODES") && e.0.contains("nohost"),
+            "{e}"
+        );
+        let bad = |k: &str| (k == "WARREN_CLUSTER_NODE_TYPE").then(|| "tape".to_string());
+        let e = Config::default().apply_env(&bad).expect_err("bad type");
+        assert!(
+            e.0.contains("WARREN_CLUSTER_NODE_TYPE") && e.0.contains("disc or ram"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -33,6 +33,13 @@ struct Args {
     /// Node name (name@host) [env: WARREN_NODENAME, RABBITMQ_NODENAME].
     #[arg(long)]
     nodename: Option<String>,
+    /// Members a fresh node joins at its first start, comma-separated (name@host or
+    /// name@host:dist_port) [env: WARREN_CLUSTER_NODES].
+    #[arg(long)]
+    cluster_nodes: Option<String>,
+    /// The type a fresh node joins them as: disc or ram [env: WARREN_CLUSTER_NODE_TYPE].
+    #[arg(long)]
+    cluster_node_type: Option<String>,
     /// Largest message body accepted, in bytes.
     #[arg(long)]
     max_message_size: Option<usize>,
@@ -94,6 +101,16 @@ fn configure(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.data_dir.clone() {
         config.data_dir = v;
+    }
+    if let Some(v) = &args.cluster_nodes {
+        config
+            .set_cluster_nodes(v)
+            .map_err(|m| anyhow::anyhow!("--cluster-nodes: {m}"))?;
+    }
+    if let Some(v) = &args.cluster_node_type {
+        config
+            .set_cluster_node_type(v)
+            .map_err(|m| anyhow::anyhow!("--cluster-node-type: {m}"))?;
     }
     if let Some(v) = args.max_message_size {
         config.max_message_size = v;
