@@ -628,9 +628,10 @@ async fn read_from_home<R: AsyncRead + Unpin>(
                 answered.clear();
                 {
                     let mut confirms = link.confirms.lock().unwrap_or_else(|e| e.into_inner());
-                    answered.extend(
-                        (seq..seq.saturating_add(count as u64)).filter_map(|s| confirms.take(s)),
-                    );
+                    // Only numbers handed out are looked at, whatever the count says.
+                    let last = confirms.first + confirms.slots.len() as u64;
+                    let end = seq.saturating_add(count as u64).min(last);
+                    answered.extend((seq..end).filter_map(|s| confirms.take(s)));
                 }
                 link.window.add_permits(answered.len());
                 for (channel, seq) in answered.drain(..).flatten() {
