@@ -1150,3 +1150,82 @@ fn put_event(b: &mut BytesMut, e: &RemoteEvent) {
         end(b, at);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel_ref() -> ChannelRef {
+        let (events, _) = mpsc::unbounded_channel();
+        ChannelRef {
+            key: unwire((1, 1, 1)),
+            events,
+            flow: Arc::new(ChannelFlow::default()),
+        }
+    }
+
+    #[test]
+    fn confirms_are_taken_in_any_order_once_each() {
+        let mut u = Unconfirmed {
+            first: 1,
+            slots: VecDeque::new(),
+        };
+        let seqs: Vec<u64> = (0..4)
+            .map(|i| u.push(Some((channel_ref(), 100 + i))))
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        let own = |t: Option<ConfirmTo>| t.flatten().map(|(_, s)| s);
+        assert_eq!(own(u.take(3)), Some(102));
+        assert!(u.take(3).is_none(), "answered once");
+        assert_eq!(own(u.take(1)), Some(100));
+        assert_eq!(u.first, 2, "the answered front is dropped");
+        assert!(
+            u.take(0).is_none() && u.take(99).is_none(),
+            "never handed out"
+        );
+        assert_eq!(u.push(None), 5);
+        let left: Vec<Option<u64>> = u.drain().map(|t| t.map(|(_, s)| s)).collect();
+        assert_eq!(left, vec![Some(101), Some(103), None]);
+        assert_eq!(u.push(None), 6, "numbers keep going up after a drain");
+    }
+
+    fn confirm_frames(mut b: Bytes) -> Vec<(u64, u32, bool)> {
+        let mut out = Vec::new();
+        while b.has_remaining() {
+            let len = b.get_u32() as usize;
+            let mut f = b.split_to(len);
+            assert_eq!(f.get_u8(), CONFIRM);
+            out.push((f.get_u64(), f.get_u32(), f.get_u8() != 0));
+        }
+        out
+    }
+
+    #[test]
+    fn consecutive_confirms_with_one_outcome_share_a_frame() {
+        let mut enc = HomeEncoder::default();
+        let mut b = BytesMut::new();
+        let confirm = |seq, ok| ConnEvent::Confirm {
+            channel: unwire((0, 0, 0)),
+            seq,
+            ok,
+        };
+        for (seq, ok) in [
+            (1, true),
+            (2, true),
+            (3, true),
+            (5, true),
+            (6, false),
+            (7, false),
+        ] {
+            enc.event(&mut b, confirm(seq, ok));
+        }
+        assert_eq!(
+            confirm_frames(b.split().freeze()),
+            vec![(1, 3, true), (5, 1, true), (6, 2, false)]
+        );
+        // Once the buffer is written, a run starts again in a frame of its own.
+        enc.confirms = None;
+        enc.event(&mut b, confirm(8, false));
+        assert_eq!(confirm_frames(b.freeze()), vec![(8, 1, false)]);
+    }
+}
