@@ -127,21 +127,31 @@ impl Node {
         }
     }
 
+    /// Pings the node at `addr` (its distribution port): its answer says whether its
+    /// application runs and which cluster it is in.
+    async fn ping(&self, addr: &str, timeout: Duration) -> Result<Value, crate::dist::ClientError> {
+        network::peer_call(
+            addr,
+            &self.identity.cookie,
+            self.name(),
+            PeerOp::Ping,
+            timeout,
+        )
+        .await
+    }
+
     /// Asks the members this node knows whether they still count it; a running member
     /// that has no cluster, or the leader of one that does not list this node, disagrees
     /// (RabbitMQ's `inconsistent_cluster`). Unreachable members cannot tell: the node
     /// starts and waits for a majority as usual.
     async fn check_consistency(&self, file: &ClusterFile) -> Result<(), String> {
         for m in file.members.iter().filter(|m| m.name != self.name()) {
-            let r: Result<Value, _> = network::peer_call(
-                &self.identity.dial_addr(m),
-                &self.identity.cookie,
-                self.name(),
-                PeerOp::Ping,
-                Duration::from_secs(2),
-            )
-            .await;
-            let Ok(v) = r else { continue };
+            let Ok(v) = self
+                .ping(&self.identity.dial_addr(m), Duration::from_secs(2))
+                .await
+            else {
+                continue;
+            };
             if v.get("running") != Some(&Value::Bool(true)) {
                 continue;
             }
@@ -192,15 +202,7 @@ impl Node {
                     name: name.clone(),
                     addr: addr.clone(),
                 });
-                let ping: Result<Value, _> = network::peer_call(
-                    &dial,
-                    &self.identity.cookie,
-                    self.name(),
-                    PeerOp::Ping,
-                    Duration::from_secs(2),
-                )
-                .await;
-                let v = match ping {
+                let v = match self.ping(&dial, Duration::from_secs(2)).await {
                     Ok(v) => v,
                     Err(e) => {
                         tracing::debug!(node = %name, error = %e, "Could not auto-cluster with node {name}");
@@ -281,14 +283,9 @@ impl Node {
         let file = super::read_cluster_file(&dir)?;
         let mut keep = Vec::new();
         for m in file.members.iter().filter(|m| m.name != self.name()) {
-            let r: Result<Value, _> = network::peer_call(
-                &self.identity.dial_addr(m),
-                &self.identity.cookie,
-                self.name(),
-                PeerOp::Ping,
-                Duration::from_secs(2),
-            )
-            .await;
+            let r = self
+                .ping(&self.identity.dial_addr(m), Duration::from_secs(2))
+                .await;
             if r.is_ok() {
                 keep.push(m.name.clone());
             }
@@ -542,15 +539,7 @@ impl Node {
             addr: target_addr.clone(),
         });
         // Prove both ends share the cookie before anything is deleted.
-        let ping: Result<Value, _> = network::peer_call(
-            &target_dial,
-            &self.identity.cookie,
-            self.name(),
-            PeerOp::Ping,
-            Duration::from_secs(10),
-        )
-        .await;
-        match ping {
+        match self.ping(&target_dial, Duration::from_secs(10)).await {
             Ok(v) if v.get("running") == Some(&Value::Bool(true)) => {}
             Ok(_) => {
                 return Err(RemoteError::unavailable(format!(
