@@ -1342,3 +1342,81 @@ async fn amqprs_declare_ok_reports_message_and_consumer_counts() {
         .await
         .expect("delete");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pacing
+
+/// While a queue's consumers take messages, its publishers go at their pace (so that the
+/// queue stays in memory); a consumer that stopped taking any (prefetch full, never acking)
+/// holds them back only briefly: every message is still taken, confirmed and counted, and
+/// the stalled consumer still gets the next ones in order once it acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_consumer_does_not_hold_publishers_back() {
+    let broker = TestBroker::start().await;
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    let q = new_queue(&ch, "stalled").await;
+    within(
+        10,
+        "basic.qos",
+        ch.basic_qos(10, BasicQosOptions::default()),
+    )
+    .await
+    .expect("basic.qos");
+    let mut consumer = consume(&ch, &q, "stalled").await;
+    let publisher = confirm_channel(&conn).await;
+    const N: u32 = 20_000;
+    let mut pending = Vec::with_capacity(N as usize);
+    within(60, "20,000 publishes", async {
+        for i in 0..N {
+            let c = publisher
+                .basic_publish(
+                    "".into(),
+                    q.as_str().into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    &i.to_be_bytes(),
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .expect("basic.publish");
+            pending.push(c);
+        }
+    })
+    .await;
+    within(60, "20,000 confirms", async {
+        for c in pending {
+            assert!(c.await.expect("confirm").is_ack(), "every publish is acked");
+        }
+    })
+    .await;
+    // Ten are held unacked by the consumer, the rest wait in the queue.
+    let mut first = Vec::new();
+    for _ in 0..10 {
+        first.push(next_delivery(&mut consumer).await);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            counts(&ch, &q).await == (N - 10, 1)
+        })
+        .await,
+        "the other messages wait in the queue"
+    );
+    let last = first.last().expect("ten deliveries");
+    within(
+        10,
+        "basic.ack",
+        last.acker.ack(BasicAckOptions { multiple: true }),
+    )
+    .await
+    .expect("basic.ack");
+    let ids: Vec<u32> = first
+        .iter()
+        .map(|d| u32::from_be_bytes(d.data[..4].try_into().expect("4 bytes")))
+        .collect();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>());
+    let next = next_delivery(&mut consumer).await;
+    assert_eq!(
+        u32::from_be_bytes(next.data[..4].try_into().expect("4 bytes")),
+        10
+    );
+}
