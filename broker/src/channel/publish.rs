@@ -314,10 +314,29 @@ impl Channel {
         if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
             c.expect(seq, targets.len() as u32, true);
         }
-        // Handed over in batches, see `PublishBatches`: a queue takes what one read brought
-        // in one wake-up, and paces the publisher through its inbox room (see the queue
-        // actor's `release_room`). A queue deleted meanwhile drops the message and confirms
-        // it.
+        let local_one = match targets.as_slice() {
+            [q] if !q.is_remote() => Some(q),
+            _ => None,
+        };
+        if let Some(q) = local_one {
+            // One local queue: handed over at once (after what was batched before it), so
+            // that the publisher goes at the pace the queue takes messages. (A queue on
+            // another node takes batches: its link's window paces the publisher.)
+            if !conn.batches.is_empty() {
+                conn.batches.flush().await;
+            }
+            let confirm = seq.map(|s| (self.chref.clone(), s));
+            if !q.publish(Publish { msg, confirm }).await {
+                // The queue was deleted meanwhile: the message is dropped and confirmed.
+                if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
+                    c.answer(seq, true);
+                }
+            }
+            self.send_confirms(conn);
+            return;
+        }
+        // Several queues (fanout), or one on another node: handed over in batches, see
+        // `PublishBatches`. A queue deleted meanwhile drops the message and confirms it.
         for q in &targets {
             let confirm = seq.map(|s| (self.chref.clone(), s));
             conn.batches.push(

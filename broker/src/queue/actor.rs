@@ -55,15 +55,6 @@ const REFILL_BELOW: usize = 2048;
 const REFILL_MESSAGES: usize = 32768;
 const REFILL_BYTES: usize = 8 * 1024 * 1024;
 
-/// While consumers are taking messages and this many (or these bytes) are ready in memory,
-/// the inbox room a publisher's batch took is given back only as deliveries make space, so
-/// that publishers go at the consumers' pace instead of pushing the queue to disk.
-const HOLD_ROOM_MESSAGES: u64 = (MAX_HEAD_MESSAGES - INBOX_CAPACITY / 2) as u64;
-const HOLD_ROOM_BYTES: u64 = MAX_HEAD_BYTES / 2;
-/// Longest room is held back: consumers that stopped taking messages (prefetch full, a
-/// stuck client) hold publishers back no longer than this per inbox-full of messages.
-const MAX_ROOM_HOLD: Duration = Duration::from_millis(20);
-
 /// Most messages expired in one pass: the actor then serves its inboxes and lets other
 /// tasks run before it goes on, so a mass expiry never stalls the queue or its worker thread.
 const EXPIRE_BUDGET: usize = 1024;
@@ -200,10 +191,6 @@ struct QueueActor {
     dl_queue: VecDeque<PendingDeadLetter>,
     /// When consumer timeouts were last checked.
     last_timeout_check: Instant,
-    /// Inbox room taken by batches already handled but not yet given back, and since when
-    /// (see [`HOLD_ROOM_MESSAGES`]).
-    held_room: usize,
-    held_since: Option<Instant>,
 }
 
 /// Starts a queue actor on the current runtime.
@@ -278,8 +265,6 @@ pub(crate) fn spawn(
         },
         dl_queue: VecDeque::new(),
         last_timeout_check: Instant::now(),
-        held_room: 0,
-        held_since: None,
     };
     tokio::spawn(actor.run(rx, aux_rx, stop));
     handle
@@ -357,30 +342,8 @@ impl QueueActor {
             self.refill();
             self.save_delivered_mark();
             self.maybe_auto_delete();
-            self.release_room();
         }
         self.shutdown(rx);
-    }
-
-    /// Gives publishers back the inbox room their batches took, unless consumers are
-    /// taking messages and enough are ready in memory (then the publishers wait for
-    /// deliveries, at most [`MAX_ROOM_HOLD`]).
-    fn release_room(&mut self) {
-        if self.held_room == 0 {
-            return;
-        }
-        let hold = !self.consumers.is_empty()
-            && (self.head_count >= HOLD_ROOM_MESSAGES
-                || self.head_bytes >= HOLD_ROOM_BYTES
-                || self.tail.count > 0)
-            && self.held_since.is_some_and(|t| t.elapsed() < MAX_ROOM_HOLD);
-        if !hold {
-            self.handle
-                .inner
-                .room
-                .add_permits(std::mem::take(&mut self.held_room));
-            self.held_since = None;
-        }
     }
 
     fn ready_count(&self) -> u64 {
@@ -425,9 +388,6 @@ impl QueueActor {
                 earliest(Instant::now() + Duration::from_millis(wait));
             }
         }
-        if let Some(since) = self.held_since {
-            earliest(since + MAX_ROOM_HOLD);
-        }
         if self.settings.consumer_timeout > 0 && !self.unacked.is_empty() {
             earliest(self.last_timeout_check + self.timeout_check_interval());
         }
@@ -468,9 +428,7 @@ impl QueueActor {
             QueueCmd::PublishBatch(batch) => {
                 let n = batch.len().min(INBOX_CAPACITY);
                 batch.into_iter().for_each(|p| self.publish(p));
-                // Given back by `release_room` once deliveries made space.
-                self.held_room += n;
-                self.held_since.get_or_insert_with(Instant::now);
+                self.handle.inner.room.add_permits(n);
             }
             QueueCmd::Consume(spec, reply) => {
                 self.last_used = Instant::now();

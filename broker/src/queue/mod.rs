@@ -349,6 +349,12 @@ impl QueueHandle {
         }
     }
 
+    /// Hands a message to the queue, waiting while its inbox is full. Returns false if the
+    /// queue is gone.
+    pub async fn publish(&self, publish: Publish) -> bool {
+        self.inner.tx.send(QueueCmd::Publish(publish)).await.is_ok()
+    }
+
     /// Hands messages to the queue in order, in one command for a local queue. A message
     /// the queue can no longer take (it was deleted meanwhile) is dropped and confirmed, as
     /// RabbitMQ does.

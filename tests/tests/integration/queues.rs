@@ -1346,10 +1346,9 @@ async fn amqprs_declare_ok_reports_message_and_consumer_counts() {
 // ---------------------------------------------------------------------------------------------
 // Pacing
 
-/// While a queue's consumers take messages, its publishers go at their pace (so that the
-/// queue stays in memory); a consumer that stopped taking any (prefetch full, never acking)
-/// holds them back only briefly: every message is still taken, confirmed and counted, and
-/// the stalled consumer still gets the next ones in order once it acks.
+/// A consumer that stopped taking messages (prefetch full, never acking) does not hold the
+/// queue's publishers back: every message is taken, confirmed and counted, and the stalled
+/// consumer gets the next ones in order once it acks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_consumer_does_not_hold_publishers_back() {
     let broker = TestBroker::start().await;
