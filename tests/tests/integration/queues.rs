@@ -1344,7 +1344,7 @@ async fn amqprs_declare_ok_reports_message_and_consumer_counts() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pacing
+// A consumer that stops taking messages
 
 /// A consumer that stopped taking messages (prefetch full, never acking) does not hold the
 /// queue's publishers back: every message is taken, confirmed and counted, and the stalled
