@@ -35,6 +35,9 @@ const RESERVE_AHEAD: usize = 1 << 20;
 pub enum Frame {
     /// A method on a channel (0 for the connection).
     Method(u16, Box<AMQPClass>),
+    /// `basic.publish`, which comes with every published message: its names stay slices of
+    /// the read buffer (no allocation). [`Frame::into_generic`] turns it into a `Method`.
+    Publish(u16, PublishFrame),
     /// A content header: the properties are kept as the bytes the publisher sent.
     Header(u16, ContentHeader),
     /// A piece of a content body.
@@ -47,10 +50,64 @@ impl Frame {
     /// The channel the frame is on.
     pub fn channel(&self) -> u16 {
         match self {
-            Frame::Method(c, _) | Frame::Header(c, _) | Frame::Body(c, _) | Frame::Heartbeat(c) => {
-                *c
-            }
+            Frame::Method(c, _)
+            | Frame::Publish(c, _)
+            | Frame::Header(c, _)
+            | Frame::Body(c, _)
+            | Frame::Heartbeat(c) => *c,
         }
+    }
+
+    /// The frame with a `basic.publish` as a generic `Method`.
+    pub fn into_generic(self) -> Frame {
+        match self {
+            Frame::Publish(c, p) => Frame::Method(c, Box::new(p.to_method())),
+            other => other,
+        }
+    }
+}
+
+/// A decoded `basic.publish`: the exchange and routing key are checked UTF-8.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishFrame {
+    exchange: Bytes,
+    routing_key: Bytes,
+    /// The mandatory flag.
+    pub mandatory: bool,
+    /// The immediate flag.
+    pub immediate: bool,
+}
+
+impl PublishFrame {
+    /// The exchange name's bytes (valid UTF-8).
+    pub fn exchange_bytes(&self) -> &[u8] {
+        &self.exchange
+    }
+
+    /// The routing key's bytes (valid UTF-8).
+    pub fn routing_key_bytes(&self) -> &[u8] {
+        &self.routing_key
+    }
+
+    /// The exchange name.
+    pub fn exchange(&self) -> &str {
+        std::str::from_utf8(&self.exchange).unwrap_or_default()
+    }
+
+    /// The routing key.
+    pub fn routing_key(&self) -> &str {
+        std::str::from_utf8(&self.routing_key).unwrap_or_default()
+    }
+
+    /// The method as amq-protocol's type.
+    pub fn to_method(&self) -> AMQPClass {
+        use amq_protocol::protocol::basic;
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: self.exchange().into(),
+            routing_key: self.routing_key().into(),
+            mandatory: self.mandatory,
+            immediate: self.immediate,
+        }))
     }
 }
 
@@ -217,37 +274,38 @@ pub fn method_ids(payload: &[u8]) -> Option<(u16, u16)> {
 }
 
 /// basic.publish decoded by hand: it comes with every published message, and the generic
-/// parser's combinators cost more than the message's routing. Returns None for anything the
-/// generic parser should judge (so errors keep one source).
-fn decode_publish(payload: &[u8]) -> Option<AMQPClass> {
-    use amq_protocol::protocol::basic;
+/// parser's combinators (and allocations) cost more than the message's routing. Returns None
+/// for anything the generic parser should judge (so errors keep one source).
+fn decode_publish(payload: &Bytes) -> Option<PublishFrame> {
     // class, method, reserved ticket
-    let rest = payload.get(6..)?;
-    let (&xlen, rest) = rest.split_first()?;
-    let exchange = std::str::from_utf8(rest.get(..usize::from(xlen))?).ok()?;
-    let rest = &rest[usize::from(xlen)..];
-    let (&rlen, rest) = rest.split_first()?;
-    let routing_key = std::str::from_utf8(rest.get(..usize::from(rlen))?).ok()?;
-    let rest = &rest[usize::from(rlen)..];
-    let [bits] = rest else {
+    let xlen = usize::from(*payload.get(6)?);
+    let x_at = 7;
+    let exchange = payload.get(x_at..x_at + xlen)?;
+    std::str::from_utf8(exchange).ok()?;
+    let rlen = usize::from(*payload.get(x_at + xlen)?);
+    let r_at = x_at + xlen + 1;
+    let routing_key = payload.get(r_at..r_at + rlen)?;
+    std::str::from_utf8(routing_key).ok()?;
+    let bits_at = r_at + rlen;
+    if payload.len() != bits_at + 1 {
         return None;
-    };
-    Some(AMQPClass::Basic(basic::AMQPMethod::Publish(
-        basic::Publish {
-            exchange: exchange.into(),
-            routing_key: routing_key.into(),
-            mandatory: bits & 1 != 0,
-            immediate: bits & 2 != 0,
-        },
-    )))
+    }
+    let bits = *payload.get(bits_at)?;
+    Some(PublishFrame {
+        exchange: payload.slice(x_at..x_at + xlen),
+        routing_key: payload.slice(r_at..r_at + rlen),
+        mandatory: bits & 1 != 0,
+        immediate: bits & 2 != 0,
+    })
 }
 
-fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, FrameError> {
+fn decode_method(channel: u16, payload: &Bytes) -> Result<Frame, FrameError> {
     if method_ids(payload) == Some((60, 40)) {
         if let Some(publish) = decode_publish(payload) {
-            return Ok(Frame::Method(channel, Box::new(publish)));
+            return Ok(Frame::Publish(channel, publish));
         }
     }
+    let payload: &[u8] = payload;
     // amq-protocol drops basic.qos's prefetch-size; RabbitMQ refuses a non-zero one.
     if let (Some((60, 10)), Some(size)) = (method_ids(payload), payload.get(4..8)) {
         let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]);
@@ -547,10 +605,12 @@ mod tests {
                 Ok(([], class)) => Some(class),
                 _ => None,
             };
-            if let Some(fast) = decode_publish(&p) {
-                assert_eq!(Some(fast), generic, "payload {p:?}");
+            if let Some(fast) = decode_publish(&Bytes::from(p.clone())) {
+                assert_eq!(Some(fast.to_method()), generic, "payload {p:?}");
             }
         }
-        assert!(decode_publish(&base).is_some());
+        let fast = decode_publish(&Bytes::copy_from_slice(&base)).expect("decodes");
+        assert_eq!((fast.exchange(), fast.routing_key()), ("amq", "rk"));
+        assert!(fast.mandatory && fast.immediate);
     }
 }

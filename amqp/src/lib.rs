@@ -19,7 +19,7 @@ pub use amq_protocol::protocol::{
 pub use amq_protocol::types::{
     AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
 };
-pub use frame::{ContentHeader, Frame, FrameError};
+pub use frame::{ContentHeader, Frame, FrameError, PublishFrame};
 pub use properties::Properties;
 pub use reply::ReplyCode;
 

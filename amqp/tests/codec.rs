@@ -5,9 +5,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::BTreeSet;
 use warren_amqp::frame::{
-    decode_frame, encode_ack, encode_body, encode_content, encode_deliver, encode_get_ok,
-    encode_header, encode_heartbeat, encode_method, encode_nack, method_ids, FRAME_BODY, FRAME_END,
-    FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER,
+    encode_ack, encode_body, encode_content, encode_deliver, encode_get_ok, encode_header,
+    encode_heartbeat, encode_method, encode_nack, method_ids, FRAME_BODY, FRAME_END, FRAME_HEADER,
+    FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER,
 };
 use warren_amqp::properties::MalformedProperties;
 use warren_amqp::{
@@ -15,6 +15,32 @@ use warren_amqp::{
     ByteArray, ContentHeader, DecimalValue, FieldArray, FieldTable, Frame, FrameError, LongString,
     Properties, ReplyCode, ShortString,
 };
+
+/// Frames as the generic decoder gives them: a `basic.publish`, which `decode_frame` returns
+/// as a [`Frame::Publish`], is compared as the method it is.
+fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, FrameError> {
+    warren_amqp::frame::decode_frame(buf, frame_max).map(|f| f.map(Frame::into_generic))
+}
+
+#[test]
+fn basic_publish_decodes_without_the_generic_parser() {
+    let m = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+        exchange: name("amq.topic"),
+        routing_key: name("a.b.c"),
+        mandatory: true,
+        immediate: false,
+    }));
+    let mut buf = BytesMut::from(&encoded(3, &m)[..]);
+    let frame = warren_amqp::frame::decode_frame(&mut buf, FRAME_MAX)
+        .expect("decodes")
+        .expect("a whole frame");
+    let Frame::Publish(3, p) = &frame else {
+        panic!("not a publish frame: {frame:?}");
+    };
+    assert_eq!((p.exchange(), p.routing_key()), ("amq.topic", "a.b.c"));
+    assert!(p.mandatory && !p.immediate);
+    assert_eq!(frame.into_generic(), Frame::Method(3, Box::new(m)));
+}
 
 /// The frame_max RabbitMQ negotiates by default.
 const FRAME_MAX: u32 = 131_072;

@@ -7,8 +7,12 @@ use crate::exchange::{Dest, ExchangeRoute};
 use crate::message::Message;
 use crate::queue::QueueHandle;
 use arc_swap::ArcSwap;
-use imbl::HashMap;
 use std::sync::Arc;
+
+/// A persistent map with a fast hasher (foldhash: randomly seeded, so names a client picks
+/// cannot be made to collide on purpose), looked up on every published message.
+pub type HashMap<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// What publishers read: every exchange's routing table and every queue's handle.
 #[derive(Clone, Default)]

@@ -16,13 +16,11 @@ use crate::connection::ConnState;
 use crate::delivery::{ChannelFlow, ChannelKey, ChannelRef, Delivery};
 use crate::error::ChannelError;
 use crate::queue::{QueueHandle, Settle};
-use bytes::Bytes;
 use confirm::ConfirmTracker;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use warren_amqp::{
-    access, basic, channel, confirm as confirm_class, exchange, queue, tx, AMQPClass,
-    ContentHeader, ReplyCode,
+    access, basic, channel, confirm as confirm_class, exchange, queue, tx, AMQPClass, ReplyCode,
 };
 
 /// A delivery the client has not acked yet.
@@ -72,6 +70,10 @@ pub struct Channel {
     last_queue: Option<String>,
     /// The direct reply-to consumer: its tag and the name replies are routed with.
     reply: Option<(Arc<str>, String)>,
+    /// The exchange and routing key of the last publish: a publisher mostly repeats them,
+    /// and the next message then shares them instead of allocating its own.
+    last_exchange: Arc<str>,
+    last_routing_key: Arc<str>,
 }
 
 impl Channel {
@@ -101,12 +103,38 @@ impl Channel {
             tx: None,
             last_queue: None,
             reply: None,
+            last_exchange: Arc::from(""),
+            last_routing_key: Arc::from(""),
         }
     }
 
     /// Which opening of the channel number this is.
     pub fn epoch(&self) -> u64 {
         self.key.epoch
+    }
+
+    /// Handles a `basic.publish` decoded by hand (see [`warren_amqp::PublishFrame`]).
+    pub fn publish_frame(
+        &mut self,
+        conn: &mut ConnState,
+        p: &warren_amqp::PublishFrame,
+    ) -> Result<(), ChannelError> {
+        if let Some(pending) = &self.pending {
+            return Err(if pending.has_header() {
+                expected_content_body()
+            } else {
+                expected_content_header()
+            }
+            .on(60, 40));
+        }
+        self.start_publish(
+            conn,
+            p.exchange(),
+            p.routing_key(),
+            p.mandatory,
+            p.immediate,
+        )
+        .map_err(|e| e.on(60, 40))
     }
 
     /// Handles a method (not channel.open/close, which the connection handles).
@@ -124,7 +152,13 @@ impl Channel {
         }
         match m {
             AMQPClass::Basic(b) => match b {
-                basic::AMQPMethod::Publish(p) => self.start_publish(conn, p),
+                basic::AMQPMethod::Publish(p) => self.start_publish(
+                    conn,
+                    p.exchange.as_str(),
+                    p.routing_key.as_str(),
+                    p.mandatory,
+                    p.immediate,
+                ),
                 basic::AMQPMethod::Qos(q) => self.qos(conn, q),
                 basic::AMQPMethod::Consume(c) => self.consume(conn, c).await,
                 basic::AMQPMethod::Cancel(c) => self.cancel(conn, c).await,
@@ -263,24 +297,6 @@ impl Channel {
         };
         conn.send_method(self.id, &AMQPClass::Tx(reply));
         Ok(())
-    }
-
-    /// A content header frame arrived on this channel.
-    pub async fn handle_header(
-        &mut self,
-        conn: &mut ConnState,
-        h: ContentHeader,
-    ) -> Result<(), ChannelError> {
-        self.publish_header(conn, h).await
-    }
-
-    /// A content body frame arrived on this channel.
-    pub async fn handle_body(
-        &mut self,
-        conn: &mut ConnState,
-        b: Bytes,
-    ) -> Result<(), ChannelError> {
-        self.publish_body(conn, b).await
     }
 
     /// A queue confirmed (or refused) a publish. The confirms go out with

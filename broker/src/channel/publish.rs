@@ -9,10 +9,10 @@ use crate::connection::ConnState;
 use crate::error::ChannelError;
 use crate::message::Message;
 use crate::queue::{Publish, QueueHandle};
-use crate::vhost::Vhost;
+use crate::vhost::{Routes, Vhost};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-use warren_amqp::{basic, ContentHeader, Properties, ReplyCode};
+use warren_amqp::{ContentHeader, Properties, ReplyCode};
 
 /// A publish whose content is being received, or one held in a transaction.
 pub(super) struct Pending {
@@ -23,8 +23,26 @@ pub(super) struct Pending {
     /// Routing keys from the CC and BCC headers.
     extra_keys: Box<[Arc<str>]>,
     expected: u64,
-    body: Vec<Bytes>,
+    /// The first body frame, and any further ones (most bodies come in one frame, which
+    /// then needs no list).
+    body: Option<Bytes>,
+    more_body: Vec<Bytes>,
     received: u64,
+}
+
+/// What a routed publish still waits for before the channel goes on; the connection awaits
+/// it with [`Channel::complete`]. Most publishes need nothing: a queue with room in its
+/// inbox takes the message at once.
+pub(crate) enum Handoff {
+    /// The connection's publish batches are full: hand them over.
+    Flush,
+    /// One local queue with a full inbox (or batches to hand over before it).
+    Queue {
+        queue: QueueHandle,
+        publish: Publish,
+        seq: Option<u64>,
+        flush_first: bool,
+    },
 }
 
 impl Pending {
@@ -38,33 +56,43 @@ impl Channel {
     pub(super) fn start_publish(
         &mut self,
         conn: &mut ConnState,
-        p: basic::Publish,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        immediate: bool,
     ) -> Result<(), ChannelError> {
         conn.published = true;
-        if p.immediate {
+        if immediate {
             return Err(ChannelError::new(
                 ReplyCode::NotImplemented,
                 "immediate=true",
             ));
         }
+        if *self.last_exchange != *exchange {
+            self.last_exchange = Arc::from(exchange);
+        }
+        if *self.last_routing_key != *routing_key {
+            self.last_routing_key = Arc::from(routing_key);
+        }
         self.pending = Some(Pending {
-            exchange: Arc::from(p.exchange.as_str()),
-            routing_key: Arc::from(p.routing_key.as_str()),
-            mandatory: p.mandatory,
+            exchange: self.last_exchange.clone(),
+            routing_key: self.last_routing_key.clone(),
+            mandatory,
             properties: None,
             extra_keys: Box::new([]),
             expected: 0,
-            body: Vec::new(),
+            body: None,
+            more_body: Vec::new(),
             received: 0,
         });
         Ok(())
     }
 
-    pub(super) async fn publish_header(
+    pub(crate) fn publish_header(
         &mut self,
         conn: &mut ConnState,
         h: ContentHeader,
-    ) -> Result<(), ChannelError> {
+    ) -> Result<Option<Handoff>, ChannelError> {
         let Some(p) = self.pending.as_mut() else {
             return Err(super::expected_method_frame());
         };
@@ -93,16 +121,16 @@ impl Channel {
         p.properties = Some(h.properties);
         p.expected = h.body_size;
         if h.body_size == 0 {
-            return self.finish_publish(conn).await;
+            return self.finish_publish(conn);
         }
-        Ok(())
+        Ok(None)
     }
 
-    pub(super) async fn publish_body(
+    pub(crate) fn publish_body(
         &mut self,
         conn: &mut ConnState,
         b: Bytes,
-    ) -> Result<(), ChannelError> {
+    ) -> Result<Option<Handoff>, ChannelError> {
         let Some(p) = self.pending.as_mut() else {
             return Err(super::expected_method_frame());
         };
@@ -113,19 +141,24 @@ impl Channel {
         if p.received > p.expected {
             // As in RabbitMQ, a body longer than announced never completes: the content is
             // dropped and the next method on the channel is refused.
-            p.body.clear();
-            return Ok(());
+            p.body = None;
+            p.more_body.clear();
+            return Ok(None);
         }
-        p.body.push(b);
+        if p.body.is_none() {
+            p.body = Some(b);
+        } else {
+            p.more_body.push(b);
+        }
         if p.received == p.expected {
-            return self.finish_publish(conn).await;
+            return self.finish_publish(conn);
         }
-        Ok(())
+        Ok(None)
     }
 
-    async fn finish_publish(&mut self, conn: &mut ConnState) -> Result<(), ChannelError> {
+    fn finish_publish(&mut self, conn: &mut ConnState) -> Result<Option<Handoff>, ChannelError> {
         let Some(p) = self.pending.take() else {
-            return Ok(());
+            return Ok(None);
         };
         conn.check(Perm::Write, Resource::Exchange, &p.exchange)
             .map_err(|e| e.on(60, 40))?;
@@ -162,10 +195,9 @@ impl Channel {
         conn.counts.published += 1;
         if let Some(tx) = self.tx.as_mut() {
             tx.publishes.push(p);
-            return Ok(());
+            return Ok(None);
         }
-        self.route_and_deliver(conn, p).await;
-        Ok(())
+        Ok(self.route_publish(conn, p, &routes))
     }
 
     /// The checks and rewrites of RabbitMQ's extensions, only for messages whose property
@@ -245,12 +277,51 @@ impl Channel {
 
     /// Routes an assembled publish and hands it to its queues.
     pub(super) async fn route_and_deliver(&mut self, conn: &mut ConnState, p: Pending) {
-        let body = match p.body.len() {
-            0 => Bytes::new(),
-            1 => p.body.into_iter().next().unwrap_or_default(),
-            _ => {
+        let routes = conn.vhost.routes();
+        if let Some(handoff) = self.route_publish(conn, p, &routes) {
+            self.complete(conn, handoff).await;
+        }
+    }
+
+    /// Finishes what [`Channel::route_publish`] could not do without waiting.
+    pub(crate) async fn complete(&mut self, conn: &mut ConnState, handoff: Handoff) {
+        match handoff {
+            Handoff::Flush => conn.batches.flush().await,
+            Handoff::Queue {
+                queue,
+                publish,
+                seq,
+                flush_first,
+            } => {
+                if flush_first {
+                    conn.batches.flush().await;
+                }
+                if !queue.publish(publish).await {
+                    // The queue was deleted meanwhile: the message is dropped and confirmed.
+                    if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
+                        c.answer(seq, true);
+                    }
+                }
+            }
+        }
+        self.send_confirms(conn);
+    }
+
+    /// Routes an assembled publish and hands it to its queues, as far as that can go without
+    /// waiting; what is left is returned.
+    fn route_publish(
+        &mut self,
+        conn: &mut ConnState,
+        p: Pending,
+        routes: &Routes,
+    ) -> Option<Handoff> {
+        let body = match (p.body, p.more_body.is_empty()) {
+            (None, _) => Bytes::new(),
+            (Some(b), true) => b,
+            (Some(first), false) => {
                 let mut all = BytesMut::with_capacity(p.received as usize);
-                for b in &p.body {
+                all.extend_from_slice(&first);
+                for b in &p.more_body {
                     all.extend_from_slice(b);
                 }
                 all.freeze()
@@ -263,14 +334,28 @@ impl Channel {
             properties: p.properties.unwrap_or_default(),
             body,
         });
-        let routes = conn.vhost.routes();
-        let mut targets: Vec<QueueHandle> = Vec::new();
+        let mut targets = std::mem::take(&mut conn.targets);
+        let handoff = self.deliver_to(conn, routes, msg, p.mandatory, &mut targets);
+        targets.clear();
+        conn.targets = targets;
+        handoff
+    }
+
+    /// Routes a message and hands it to its queues; `targets` is an empty list to use.
+    fn deliver_to(
+        &mut self,
+        conn: &mut ConnState,
+        routes: &Routes,
+        msg: Arc<Message>,
+        mandatory: bool,
+        targets: &mut Vec<QueueHandle>,
+    ) -> Option<Handoff> {
         let mut replied = false;
         if msg.exchange.is_empty() && msg.routing_key.starts_with(crate::direct_reply::PREFIX) {
             // A direct reply-to reply: straight to the requesting channel, no queue.
             replied = conn.shared.replies.deliver(&msg.routing_key, msg.clone());
         } else if let Some(x) = routes.exchanges.get(&msg.exchange) {
-            Vhost::route(&routes, x, &msg, &mut targets);
+            Vhost::route(routes, x, &msg, targets);
         }
         // A queue whose home node is unreachable gets nothing (RabbitMQ: an unavailable
         // queue); a message that only such queues would take is returned if mandatory and
@@ -284,10 +369,10 @@ impl Channel {
                 c.expect(seq, 0, true);
                 self.send_confirms(conn);
             }
-            return;
+            return None;
         }
         if targets.is_empty() {
-            if p.mandatory {
+            if mandatory {
                 conn.send_method(
                     self.id,
                     &warren_amqp::method::basic_return(
@@ -309,7 +394,7 @@ impl Channel {
                 c.expect(seq, 0, !only_unavailable);
                 self.send_confirms(conn);
             }
-            return;
+            return None;
         }
         if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
             c.expect(seq, targets.len() as u32, true);
@@ -322,22 +407,40 @@ impl Channel {
             // One local queue: handed over at once (after what was batched before it), so
             // that the publisher goes at the pace the queue takes messages. (A queue on
             // another node takes batches: its link's window paces the publisher.)
-            if !conn.batches.is_empty() {
-                conn.batches.flush().await;
-            }
             let confirm = seq.map(|s| (self.chref.clone(), s));
-            if !q.publish(Publish { msg, confirm }).await {
-                // The queue was deleted meanwhile: the message is dropped and confirmed.
-                if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
-                    c.answer(seq, true);
+            let publish = Publish { msg, confirm };
+            if !conn.batches.is_empty() {
+                return Some(Handoff::Queue {
+                    queue: q.clone(),
+                    publish,
+                    seq,
+                    flush_first: true,
+                });
+            }
+            match q.try_publish(publish) {
+                Ok(taken) => {
+                    if !taken {
+                        // The queue was deleted meanwhile: dropped and confirmed.
+                        if let (Some(c), Some(seq)) = (self.confirm.as_mut(), seq) {
+                            c.answer(seq, true);
+                        }
+                    }
+                }
+                Err(publish) => {
+                    return Some(Handoff::Queue {
+                        queue: q.clone(),
+                        publish,
+                        seq,
+                        flush_first: false,
+                    })
                 }
             }
             self.send_confirms(conn);
-            return;
+            return None;
         }
         // Several queues (fanout), or one on another node: handed over in batches, see
         // `PublishBatches`. A queue deleted meanwhile drops the message and confirms it.
-        for q in &targets {
+        for q in targets.iter() {
             let confirm = seq.map(|s| (self.chref.clone(), s));
             conn.batches.push(
                 q,
@@ -346,10 +449,11 @@ impl Channel {
                     confirm,
                 },
             );
-            if conn.batches.is_full() {
-                conn.batches.flush().await;
-            }
+        }
+        if conn.batches.is_full() {
+            return Some(Handoff::Flush);
         }
         self.send_confirms(conn);
+        None
     }
 }

@@ -159,7 +159,8 @@ impl Handshake<'_> {
     /// Reads the next method on channel 0, skipping heartbeats.
     async fn read_method(&mut self) -> Result<AMQPClass, Fail> {
         loop {
-            match decode_frame(&mut self.buf, self.shared.config.frame_max) {
+            let frame = decode_frame(&mut self.buf, self.shared.config.frame_max);
+            match frame.map(|f| f.map(Frame::into_generic)) {
                 Ok(Some(Frame::Method(0, m))) => return Ok(*m),
                 Ok(Some(Frame::Heartbeat(0))) => continue,
                 Ok(Some(other)) => {

@@ -69,6 +69,8 @@ pub struct ConnState {
     pub counts: registry::Counts,
     /// Routed publishes not yet handed to their queues.
     pub batches: crate::queue::PublishBatches,
+    /// A routed message's queues (kept, empty, between messages: no allocation each time).
+    pub targets: Vec<crate::queue::QueueHandle>,
 }
 
 impl ConnState {
@@ -132,7 +134,8 @@ struct Connection {
     buf: BytesMut,
     writer: mpsc::UnboundedSender<writer::Batch>,
     events_rx: mpsc::UnboundedReceiver<ConnEvent>,
-    channels: HashMap<u16, Slot>,
+    /// Looked up for every frame: hashed with foldhash rather than SipHash.
+    channels: HashMap<u16, Slot, foldhash::fast::RandomState>,
     channel_max: u16,
     heartbeat: u16,
     last_read: Instant,
@@ -222,12 +225,13 @@ pub async fn serve(shared: Arc<BrokerShared>, transport: Transport) {
             access: Default::default(),
             counts: Default::default(),
             batches: Default::default(),
+            targets: Vec::new(),
         },
         reader: h.reader,
         buf: h.buf,
         writer: wtx,
         events_rx,
-        channels: HashMap::new(),
+        channels: HashMap::default(),
         channel_max: h.channel_max,
         heartbeat: h.heartbeat,
         last_read: Instant::now(),
@@ -509,7 +513,7 @@ impl Connection {
             return None;
         }
         if channel == 0 {
-            return self.handle_connection_frame(frame);
+            return self.handle_connection_frame(frame.into_generic());
         }
         let result = match frame {
             Frame::Heartbeat(_) => Err(ChannelError::new(
@@ -529,13 +533,36 @@ impl Connection {
                 }
                 self.handle_channel_method(channel, *m).await
             }
+            Frame::Publish(_, p) => match self.channels.get_mut(&channel) {
+                // The common case, without building amq-protocol's method.
+                Some(Slot::Open(ch)) => ch.publish_frame(&mut self.state, &p),
+                _ => self.handle_channel_method(channel, p.to_method()).await,
+            },
             Frame::Header(_, h) => match self.channels.get_mut(&channel) {
-                Some(Slot::Open(ch)) => ch.handle_header(&mut self.state, h).await,
+                Some(Slot::Open(ch)) => match ch.publish_header(&mut self.state, h) {
+                    Ok(Some(handoff)) => {
+                        ch.complete(&mut self.state, handoff).await;
+                        Ok(())
+                    }
+                    other => other.map(drop),
+                },
                 Some(Slot::Closing) => Ok(()),
                 None => self.unopened_content(channel, &Frame::Header(channel, h)),
             },
             Frame::Body(_, b) => match self.channels.get_mut(&channel) {
-                Some(Slot::Open(ch)) => ch.handle_body(&mut self.state, b).await,
+                Some(Slot::Open(ch)) => match ch.publish_body(&mut self.state, b) {
+                    Ok(Some(handoff)) => {
+                        ch.complete(&mut self.state, handoff).await;
+                        Ok(())
+                    }
+                    other => {
+                        // A queue that took the message at once did not make this task
+                        // yield: it does so now and then, as a send would, so the queue and
+                        // its consumers get their turn on this thread.
+                        tokio::task::consume_budget().await;
+                        other.map(drop)
+                    }
+                },
                 Some(Slot::Closing) => Ok(()),
                 None => self.unopened_content(channel, &Frame::Body(channel, b)),
             },
@@ -602,6 +629,7 @@ impl Connection {
                 );
                 None
             }
+            Frame::Publish(..) => None,
             Frame::Body(_, b) => {
                 self.close_connection(
                     ReplyCode::UnexpectedFrame,

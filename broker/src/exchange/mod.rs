@@ -25,7 +25,7 @@ pub enum Dest {
 
 #[derive(Clone)]
 enum Router {
-    Direct(imbl::HashMap<Arc<str>, Arc<[Dest]>>),
+    Direct(crate::vhost::HashMap<Arc<str>, Arc<[Dest]>>),
     Fanout(Vec<Dest>),
     Topic(TopicTrie<Dest>),
     Headers(Vec<(HeadersBinding, Dest)>),

@@ -355,6 +355,19 @@ impl QueueHandle {
         self.inner.tx.send(QueueCmd::Publish(publish)).await.is_ok()
     }
 
+    /// Hands a message to the queue if its inbox has room: Ok(false) when the queue is
+    /// gone, Err with the message when the inbox is full (then [`QueueHandle::publish`]
+    /// waits for room).
+    pub fn try_publish(&self, publish: Publish) -> Result<bool, Publish> {
+        match self.inner.tx.try_send(QueueCmd::Publish(publish)) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Full(QueueCmd::Publish(p))) => Err(p),
+            // Not reached: what was sent is what comes back.
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+        }
+    }
+
     /// Hands messages to the queue in order, in one command for a local queue. A message
     /// the queue can no longer take (it was deleted meanwhile) is dropped and confirmed, as
     /// RabbitMQ does.

@@ -285,13 +285,8 @@ mod tests {
         }
         assert_eq!(frames.len(), 9);
         match &frames[0] {
-            Frame::Method(1, m) => match &**m {
-                AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
-                    assert_eq!(p.routing_key.as_str(), "q");
-                }
-                other => panic!("expected publish, got {other:?}"),
-            },
-            other => panic!("expected a method, got {other:?}"),
+            Frame::Publish(1, p) => assert_eq!(p.routing_key(), "q"),
+            other => panic!("expected a publish, got {other:?}"),
         }
         match &frames[1] {
             Frame::Header(1, h) => {
@@ -325,7 +320,7 @@ mod tests {
                     bodies += 1;
                     done = tracker.body(len, head);
                 }
-                Inbound::Other(Frame::Method(..)) => {}
+                Inbound::Other(Frame::Publish(..)) => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
