@@ -113,20 +113,22 @@ impl Channel {
         self.key.epoch
     }
 
+    /// A method may come: no publish is waiting for its content header or body.
+    fn no_content_pending(&self) -> Result<(), ChannelError> {
+        match &self.pending {
+            None => Ok(()),
+            Some(p) if p.has_header() => Err(expected_content_body()),
+            Some(_) => Err(expected_content_header()),
+        }
+    }
+
     /// Handles a `basic.publish` decoded by hand (see [`warren_amqp::PublishFrame`]).
     pub fn publish_frame(
         &mut self,
         conn: &mut ConnState,
         p: &warren_amqp::PublishFrame,
     ) -> Result<(), ChannelError> {
-        if let Some(pending) = &self.pending {
-            return Err(if pending.has_header() {
-                expected_content_body()
-            } else {
-                expected_content_header()
-            }
-            .on(60, 40));
-        }
+        self.no_content_pending().map_err(|e| e.on(60, 40))?;
         self.start_publish(
             conn,
             p.exchange(),
@@ -143,13 +145,7 @@ impl Channel {
         conn: &mut ConnState,
         m: AMQPClass,
     ) -> Result<(), ChannelError> {
-        if let Some(p) = &self.pending {
-            return Err(if p.has_header() {
-                expected_content_body()
-            } else {
-                expected_content_header()
-            });
-        }
+        self.no_content_pending()?;
         match m {
             AMQPClass::Basic(b) => match b {
                 basic::AMQPMethod::Publish(p) => self.start_publish(
