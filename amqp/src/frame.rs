@@ -79,16 +79,6 @@ pub struct PublishFrame {
 }
 
 impl PublishFrame {
-    /// The exchange name's bytes (valid UTF-8).
-    pub fn exchange_bytes(&self) -> &[u8] {
-        &self.exchange
-    }
-
-    /// The routing key's bytes (valid UTF-8).
-    pub fn routing_key_bytes(&self) -> &[u8] {
-        &self.routing_key
-    }
-
     /// The exchange name.
     pub fn exchange(&self) -> &str {
         std::str::from_utf8(&self.exchange).unwrap_or_default()

@@ -440,6 +440,7 @@ impl Channel {
         }
         // Several queues (fanout), or one on another node: handed over in batches, see
         // `PublishBatches`. A queue deleted meanwhile drops the message and confirms it.
+        // Full batches are handed over after the message's last queue.
         for q in targets.iter() {
             let confirm = seq.map(|s| (self.chref.clone(), s));
             conn.batches.push(

@@ -629,6 +629,7 @@ impl Connection {
                 );
                 None
             }
+            // Not reached: channel-0 frames come here through `Frame::into_generic`.
             Frame::Publish(..) => None,
             Frame::Body(_, b) => {
                 self.close_connection(

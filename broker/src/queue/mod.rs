@@ -359,12 +359,13 @@ impl QueueHandle {
     /// gone, Err with the message when the inbox is full (then [`QueueHandle::publish`]
     /// waits for room).
     pub fn try_publish(&self, publish: Publish) -> Result<bool, Publish> {
-        match self.inner.tx.try_send(QueueCmd::Publish(publish)) {
-            Ok(()) => Ok(true),
-            Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
-            Err(mpsc::error::TrySendError::Full(QueueCmd::Publish(p))) => Err(p),
-            // Not reached: what was sent is what comes back.
-            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+        match self.inner.tx.try_reserve() {
+            Ok(slot) => {
+                slot.send(QueueCmd::Publish(publish));
+                Ok(true)
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => Ok(false),
+            Err(mpsc::error::TrySendError::Full(())) => Err(publish),
         }
     }
 
