@@ -23,6 +23,13 @@
 //! synced like any other. Every operation other than a put, a delete or a delivered mark
 //! (reads, range deletes, definition changes, barriers, shutdown) first releases what is held,
 //! so it sees, and is ordered after, every write sent before it.
+//!
+//! Paged-out transient records are never deleted one by one: once a queue has loaded them
+//! back it says so (`transient_loaded`, a per-queue id mark), and a compaction filter drops
+//! them whenever fjall compacts the tables that hold them; the idle-time compaction counts
+//! them as garbage. Removing a whole queue or range (and dropping records at recovery) reads
+//! and deletes a chunk at a time, so neither one batch nor one open read snapshot grows with
+//! the queue.
 
 use crate::message::Message;
 use bytes::{Buf, BufMut, Bytes};
@@ -103,6 +110,11 @@ enum Op {
     Delete {
         key: [u8; 16],
     },
+    TransientLoaded {
+        queue: u64,
+        below: u64,
+        count: u64,
+    },
     DeleteRange {
         from: [u8; 16],
         to: [u8; 16],
@@ -131,6 +143,8 @@ enum Op {
         reply: Box<dyn FnOnce(Vec<StoredMessage>) + Send>,
     },
     Barrier(Done),
+    /// Runs its `Done` once the store thread has taken every operation sent before it.
+    Taken(Done),
     /// Flush, close the database (releasing its lock) and end the thread.
     Shutdown(Done),
 }
@@ -334,6 +348,7 @@ pub struct Opened {
     msgs: Keyspace,
     qstate: Keyspace,
     meta: Keyspace,
+    loaded: LoadedMarks,
 }
 
 /// How much memory fjall may use for its block cache.
@@ -345,8 +360,16 @@ impl Store {
     /// Opens (or creates) the store under `dir` and reads the definitions log.
     pub fn open(dir: &Path) -> Result<Opened, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Fjall(fjall::Error::Io(e)))?;
+        let loaded = LoadedMarks::default();
+        let marks = loaded.clone();
         let db = Database::builder(dir.join("store"))
             .cache_size(CACHE_BYTES)
+            .with_compaction_filter_factories(Arc::new(move |keyspace: &str| {
+                (keyspace == "msgs").then(|| {
+                    Arc::new(DropLoaded(marks.clone()))
+                        as Arc<dyn fjall::compaction::filter::Factory>
+                })
+            }))
             .open()?;
         // Values stay inline (no key-value separation): deleted messages then leave with the
         // tables that held them, which a compaction reclaims in one pass.
@@ -370,6 +393,7 @@ impl Store {
             msgs,
             qstate,
             meta,
+            loaded,
         })
     }
 
@@ -408,6 +432,17 @@ impl Store {
     pub fn delete(&self, queue: u64, id: u64) {
         self.send(Op::Delete {
             key: msg_key(queue, id),
+        });
+    }
+
+    /// Says that a queue has loaded its transient records below id `below` (`count` more of
+    /// them since the last call) back into memory: they are garbage from now on, dropped by
+    /// compactions without a delete each.
+    pub fn transient_loaded(&self, queue: u64, below: u64, count: u64) {
+        self.send(Op::TransientLoaded {
+            queue,
+            below,
+            count,
         });
     }
 
@@ -467,6 +502,13 @@ impl Store {
         self.send(Op::Barrier(done));
     }
 
+    /// Runs `done` once the store thread has taken everything sent before (written to its
+    /// tables, or held back as a write that may become needless), without forcing it to
+    /// disk. A writer uses it to bound how far its writes run ahead of the store.
+    pub fn taken(&self, done: Done) {
+        self.send(Op::Taken(done));
+    }
+
     /// Makes everything sent before durable, closes the database and ends the store thread;
     /// `done` runs once the database is closed. Operations sent afterwards fail.
     pub fn shutdown(&self, done: Done) {
@@ -479,6 +521,7 @@ fn fail(op: Op) {
         Op::Put { done: Some(d), .. }
         | Op::MetaAppend { done: d, .. }
         | Op::Barrier(d)
+        | Op::Taken(d)
         | Op::Shutdown(d) => d(false),
         Op::Read { reply, .. } | Op::ReadIds { reply, .. } => reply(Vec::new()),
         _ => {}
@@ -497,39 +540,49 @@ impl Opened {
         compacted: &[Vec<u8>],
     ) -> Result<(Store, std::collections::HashMap<u64, RecoveredQueue>), StoreError> {
         let mut found: std::collections::HashMap<u64, RecoveredQueue> = Default::default();
-        let mut batch = self.db.batch();
         let mut dropped = 0u64;
-        for item in self.msgs.iter() {
-            let (k, v) = item.into_inner()?;
-            let Some((queue, id)) = split_key(&k) else {
-                batch.remove(&self.msgs, k);
-                dropped += 1;
-                continue;
+        // A chunk at a time, each chunk's removals committed before the next is read: a
+        // store holding millions of records to drop never builds one batch for all of them.
+        let mut start = Vec::new();
+        loop {
+            let chunk = read_chunk(&self.msgs, &start, None)?;
+            let Some((last, _)) = chunk.last() else {
+                break;
             };
-            let durable = v.len() >= 2 && v[0] == RECORD_VERSION && v[1] & FLAG_DURABLE != 0;
-            if keep.is_some_and(|k| !k.contains(&queue)) || !durable {
-                batch.remove(&self.msgs, k);
-                dropped += 1;
-                continue;
-            }
-            let body = match decode_message(Bytes::from(v.to_vec())) {
-                Ok(d) => d.msg.body.len() as u64,
-                Err(e) => {
-                    tracing::warn!(queue, id, error = %e, "dropping an unreadable message record");
+            start = successor(last);
+            let mut batch = self.db.batch();
+            for (k, v) in chunk {
+                let Some((queue, id)) = split_key(&k) else {
+                    batch.remove(&self.msgs, k);
+                    dropped += 1;
+                    continue;
+                };
+                if keep.is_some_and(|k| !k.contains(&queue)) || !is_durable_record(&v) {
                     batch.remove(&self.msgs, k);
                     dropped += 1;
                     continue;
                 }
-            };
-            let q = found.entry(queue).or_insert(RecoveredQueue {
-                min_id: id,
-                ..Default::default()
-            });
-            q.count += 1;
-            q.bytes += body;
-            q.min_id = q.min_id.min(id);
-            q.max_id = q.max_id.max(id);
+                let body = match decode_message(Bytes::from(v.to_vec())) {
+                    Ok(d) => d.msg.body.len() as u64,
+                    Err(e) => {
+                        tracing::warn!(queue, id, error = %e, "dropping an unreadable message record");
+                        batch.remove(&self.msgs, k);
+                        dropped += 1;
+                        continue;
+                    }
+                };
+                let q = found.entry(queue).or_insert(RecoveredQueue {
+                    min_id: id,
+                    ..Default::default()
+                });
+                q.count += 1;
+                q.bytes += body;
+                q.min_id = q.min_id.min(id);
+                q.max_id = q.max_id.max(id);
+            }
+            batch.commit()?;
         }
+        let mut batch = self.db.batch();
         for item in self.qstate.iter() {
             let (k, v) = item.into_inner()?;
             let (Ok(qk), Ok(vk)) = (<[u8; 8]>::try_from(&k[..]), <[u8; 8]>::try_from(&v[..]))
@@ -579,6 +632,8 @@ impl Opened {
             held_at: HashMap::new(),
             held_bytes: 0,
             last_delete: None,
+            loaded: self.loaded,
+            transient_garbage: 0,
         };
         std::thread::Builder::new()
             .name("warren-store".into())
@@ -618,6 +673,97 @@ struct Worker {
     held_bytes: usize,
     /// When the last message delete arrived.
     last_delete: Option<Instant>,
+    /// Per queue, the id below which its transient records were loaded back (garbage).
+    loaded: LoadedMarks,
+    /// Transient records loaded back since the last compaction (dropped by compactions).
+    transient_garbage: u64,
+}
+
+/// Per queue, the id below which its transient records are garbage.
+type LoadedMarks = Arc<std::sync::RwLock<HashMap<u64, u64>>>;
+
+/// Drops message records that are garbage without a delete: transient records a queue has
+/// loaded back into memory. Each compaction works from a copy of the marks taken as it
+/// starts (marks only grow, so an old copy drops less, never more).
+struct DropLoaded(LoadedMarks);
+
+impl fjall::compaction::filter::Factory for DropLoaded {
+    fn name(&self) -> &str {
+        "warren-drop-loaded"
+    }
+
+    fn make_filter(
+        &self,
+        _: &fjall::compaction::filter::Context,
+    ) -> Box<dyn fjall::compaction::filter::CompactionFilter> {
+        let marks = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Box::new(DropLoadedFilter(marks))
+    }
+}
+
+struct DropLoadedFilter(HashMap<u64, u64>);
+
+impl fjall::compaction::filter::CompactionFilter for DropLoadedFilter {
+    fn filter_item(
+        &mut self,
+        item: fjall::compaction::filter::ItemAccessor<'_>,
+        _: &fjall::compaction::filter::Context,
+    ) -> fjall::compaction::filter::CompactionFilterResult {
+        use fjall::compaction::filter::Verdict;
+        let Some((queue, id)) = split_key(item.key()) else {
+            return Ok(Verdict::Keep);
+        };
+        if self.0.get(&queue).is_none_or(|below| id >= *below) {
+            return Ok(Verdict::Keep);
+        }
+        let v = item.value()?;
+        if is_durable_record(&v) {
+            return Ok(Verdict::Keep);
+        }
+        // A message key is written once, so no older version can come back.
+        Ok(Verdict::Destroy)
+    }
+}
+
+/// Most records, and bytes, read at once when a range of records is scanned to be removed.
+const CHUNK_RECORDS: usize = 16 * 1024;
+const CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+/// Reads the records from `start` on (up to `end`, inclusive) a chunk at a time; empty
+/// once there are no more.
+fn read_chunk(
+    ks: &Keyspace,
+    start: &[u8],
+    end: Option<&[u8]>,
+) -> Result<Vec<(fjall::UserKey, fjall::UserValue)>, fjall::Error> {
+    use std::ops::Bound;
+    let upper = match end {
+        Some(e) => Bound::Included(e),
+        None => Bound::Unbounded,
+    };
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for item in ks.range::<&[u8], _>((Bound::Included(start), upper)) {
+        let (k, v) = item.into_inner()?;
+        bytes += k.len() + v.len();
+        out.push((k, v));
+        if out.len() >= CHUNK_RECORDS || bytes >= CHUNK_BYTES {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The smallest key after `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+/// Whether an encoded record is a durable one (kept across restarts).
+fn is_durable_record(v: &[u8]) -> bool {
+    v.len() >= 2 && v[0] == RECORD_VERSION && v[1] & FLAG_DURABLE != 0
 }
 
 /// How long the store must be idle before it considers compacting.
@@ -768,18 +914,25 @@ impl Worker {
                         }
                     }
                 }
+                Op::TransientLoaded {
+                    queue,
+                    below,
+                    count,
+                } => {
+                    // Taken in order: a read of these records asked for earlier (an expired
+                    // message's, to dead-letter it) has been served.
+                    let mut marks = self.loaded.write().unwrap_or_else(|e| e.into_inner());
+                    let mark = marks.entry(queue).or_default();
+                    *mark = (*mark).max(below);
+                    drop(marks);
+                    self.transient_garbage += count;
+                    self.live_records -= count as i64;
+                }
                 Op::DeleteRange { from, to } => {
                     self.release_held(true, &mut batch, &mut sync, &mut dones);
                     // A range is read from the tree: what this round wrote so far goes first.
                     ok &= self.commit(std::mem::replace(&mut batch, self.db.batch()));
-                    for item in self.msgs.range(from..=to) {
-                        match item.key() {
-                            Ok(k) => batch.remove(&self.msgs, k),
-                            Err(e) => {
-                                tracing::error!(error = %e, "failed to read a range to delete")
-                            }
-                        }
-                    }
+                    ok &= self.remove_range(from, to);
                 }
                 Op::Delivered { queue, id } => {
                     batch.insert(&self.qstate, queue.to_be_bytes(), id.to_be_bytes());
@@ -787,16 +940,12 @@ impl Worker {
                 Op::ForgetQueue { queue } => {
                     self.release_held(true, &mut batch, &mut sync, &mut dones);
                     ok &= self.commit(std::mem::replace(&mut batch, self.db.batch()));
-                    let (from, to) = (msg_key(queue, 0), msg_key(queue, u64::MAX));
-                    for item in self.msgs.range(from..=to) {
-                        match item.key() {
-                            Ok(k) => batch.remove(&self.msgs, k),
-                            Err(e) => {
-                                tracing::error!(error = %e, "failed to read a queue to delete")
-                            }
-                        }
-                    }
+                    ok &= self.remove_range(msg_key(queue, 0), msg_key(queue, u64::MAX));
                     batch.remove(&self.qstate, queue.to_be_bytes());
+                    self.loaded
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&queue);
                 }
                 Op::MetaAppend { value, done } => {
                     self.release_held(true, &mut batch, &mut sync, &mut dones);
@@ -814,6 +963,7 @@ impl Worker {
                     sync = true;
                     dones.push(done);
                 }
+                Op::Taken(done) => dones.push(done),
                 Op::Shutdown(done) => done(false),
             }
         }
@@ -911,13 +1061,12 @@ impl Worker {
     /// tombstones and stale blob files. Runs only when the store is idle and most of what it
     /// holds is garbage, so a large backlog is never rewritten over and over.
     fn maintain(&mut self) {
-        if self.deletes_since_maintenance < MAINTENANCE_MIN_DELETES
-            || self.poisoned.load(Ordering::SeqCst)
-        {
+        let garbage = self.deletes_since_maintenance + self.transient_garbage;
+        if garbage < MAINTENANCE_MIN_DELETES || self.poisoned.load(Ordering::SeqCst) {
             return;
         }
         let live = self.live_records.max(0) as u64;
-        if live > self.deletes_since_maintenance {
+        if live > garbage {
             return;
         }
         let started = std::time::Instant::now();
@@ -936,7 +1085,7 @@ impl Worker {
             .and_then(|_| self.msgs.remove(marker));
         match result {
             Ok(()) => tracing::debug!(
-                deleted = self.deletes_since_maintenance,
+                garbage,
                 live,
                 took_ms = started.elapsed().as_millis() as u64,
                 "compacted the message store"
@@ -944,11 +1093,40 @@ impl Worker {
             Err(e) => tracing::warn!(error = %e, "failed to compact the message store"),
         }
         self.deletes_since_maintenance = 0;
+        self.transient_garbage = 0;
     }
 
     fn note_delete(&mut self, n: u64) {
         self.deletes_since_maintenance += n;
         self.live_records -= n as i64;
+    }
+
+    /// Deletes every message record in `from..=to`, a chunk at a time: a long queue's
+    /// removal never builds one batch the size of the queue, nor keeps one read snapshot
+    /// open (which would pin in memory every memtable written meanwhile).
+    fn remove_range(&mut self, from: [u8; 16], to: [u8; 16]) -> bool {
+        let mut start = from.to_vec();
+        loop {
+            let chunk = match read_chunk(&self.msgs, &start, Some(&to)) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    tracing::error!(error = %e, "failed to read a range to delete");
+                    return false;
+                }
+            };
+            let Some((last, _)) = chunk.last() else {
+                return true;
+            };
+            start = successor(last);
+            let mut batch = self.db.batch();
+            for (k, _) in &chunk {
+                batch.remove(&self.msgs, k.clone());
+            }
+            if !self.commit(batch) {
+                return false;
+            }
+            self.note_delete(chunk.len() as u64);
+        }
     }
 
     fn commit(&self, batch: fjall::OwnedWriteBatch) -> bool {
@@ -1089,6 +1267,8 @@ mod tests {
             held_at: HashMap::new(),
             held_bytes: 0,
             last_delete: None,
+            loaded: o.loaded,
+            transient_garbage: 0,
         };
         (w, dir)
     }
@@ -1188,5 +1368,100 @@ mod tests {
         assert!(msg_key(1, 9) < msg_key(1, 10));
         assert_ne!(queue_id("/", "a"), queue_id("/", "b"));
         assert_eq!(queue_id("/", "a"), queue_id("/", "a"));
+    }
+
+    /// A write of message `id` of `queue`, durable or not, with nobody waiting on it.
+    fn record(queue: u64, id: u64, durable: bool) -> Op {
+        Op::Put {
+            key: msg_key(queue, id),
+            value: Record {
+                msg: Arc::new(msg(b"body")),
+                durable,
+                expires_at: None,
+            },
+            sync: false,
+            done: None,
+        }
+    }
+
+    fn ids_on_disk(msgs: &Keyspace, queue: u64) -> Vec<u64> {
+        msgs.range(msg_key(queue, 0)..=msg_key(queue, u64::MAX))
+            .map(|item| {
+                let k = item.key().expect("reads");
+                split_key(&k).expect("a message key").1
+            })
+            .collect()
+    }
+
+    #[test]
+    fn loaded_transient_records_go_at_compaction_and_durable_ones_stay() {
+        let (mut w, dir) = worker("loaded");
+        let mut ops: Vec<Op> = (0..10).map(|id| record(7, id, id % 3 == 0)).collect();
+        ops.push(record(8, 1, false));
+        w.round(&mut ops, false);
+        // Queue 7 loaded everything below 6 back into memory.
+        w.round(
+            &mut vec![Op::TransientLoaded {
+                queue: 7,
+                below: 6,
+                count: 4,
+            }],
+            false,
+        );
+        w.msgs.rotate_memtable_and_wait().expect("flush");
+        w.msgs.major_compact().expect("compact");
+        // Durable records (0, 3) stay until they are deleted; transient ones below the mark
+        // (1, 2, 4, 5) are gone; the rest, and other queues, are untouched.
+        assert_eq!(ids_on_disk(&w.msgs, 7), vec![0, 3, 6, 7, 8, 9]);
+        assert_eq!(ids_on_disk(&w.msgs, 8), vec![1]);
+        assert_eq!(w.transient_garbage, 4);
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_queue_longer_than_a_chunk_is_removed_whole() {
+        let (mut w, dir) = worker("forget");
+        let n = CHUNK_RECORDS as u64 * 2 + 17;
+        let mut ops: Vec<Op> = (0..n).map(|id| record(7, id, true)).collect();
+        ops.push(record(6, 1, true));
+        ops.push(record(8, 1, true));
+        w.round(&mut ops, false);
+        assert_eq!(ids_on_disk(&w.msgs, 7).len() as u64, n);
+        w.round(&mut vec![Op::ForgetQueue { queue: 7 }], false);
+        assert!(ids_on_disk(&w.msgs, 7).is_empty());
+        assert_eq!(ids_on_disk(&w.msgs, 6), vec![1]);
+        assert_eq!(ids_on_disk(&w.msgs, 8), vec![1]);
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn recovery_drops_transient_records_a_chunk_at_a_time_and_keeps_durable_ones() {
+        let (mut w, dir) = worker("recover");
+        let n = CHUNK_RECORDS as u64 + 100;
+        let mut ops: Vec<Op> = (0..n).map(|id| record(7, id, id % 1000 == 0)).collect();
+        ops.push(record(9, 1, true));
+        w.round(&mut ops, true);
+        drop(w);
+        let keep: std::collections::HashSet<u64> = [7].into_iter().collect();
+        let (store, found) = Store::open(&dir)
+            .expect("reopens")
+            .recover(Some(&keep), &[])
+            .expect("recovers");
+        let q = found.get(&7).copied().expect("queue 7 recovered");
+        assert_eq!((q.count, q.min_id, q.max_id), (17, 0, 16_000));
+        assert!(!found.contains_key(&9), "a queue that is gone is dropped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.shutdown(Box::new(move |ok| {
+            let _ = tx.send(ok);
+        }));
+        assert_eq!(rx.recv(), Ok(true));
+        let o = Store::open(&dir).expect("reopens");
+        let left = ids_on_disk(&o.msgs, 7);
+        assert_eq!(left, (0..=16).map(|i| i * 1000).collect::<Vec<_>>());
+        assert!(ids_on_disk(&o.msgs, 9).is_empty());
+        drop(o);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

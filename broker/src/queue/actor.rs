@@ -9,6 +9,10 @@
 //! holds `MAX_HEAD_MESSAGES` messages or `MAX_HEAD_BYTES` of bodies, new messages go to disk
 //! only, and the head is refilled from disk in chunks as it drains. When the tail is not
 //! empty every head message has a lower id than every tail message, so order is kept.
+//! The actor bounds how far its disk writes run ahead of the store thread: after every
+//! `WRITES_PER_MARK` writes it asks the store to report when it has taken them, and with
+//! `MAX_MARKS_PENDING` reports outstanding it takes no more commands, so a publisher faster
+//! than the disk waits on the queue's inbox (and then TCP) instead of growing memory.
 //! Persistent messages of durable queues are written to disk whatever their place, and their
 //! confirm waits for the group-commit fsync. A priority queue (`x-max-priority`) keeps one
 //! head *lane* per priority and delivers from the highest non-empty one; its messages stay
@@ -54,6 +58,13 @@ const REFILL_BELOW: usize = 2048;
 /// Most messages and bytes read from disk in one refill.
 const REFILL_MESSAGES: usize = 32768;
 const REFILL_BYTES: usize = 8 * 1024 * 1024;
+
+/// A queue asks the store to tell it when it has taken the queue's writes after this many of
+/// them; while `MAX_MARKS_PENDING` such marks are outstanding, the actor takes no commands,
+/// so publishers wait on its inbox instead of the writes piling up in memory before the store
+/// thread gets to them.
+const WRITES_PER_MARK: u32 = 4096;
+const MAX_MARKS_PENDING: u32 = 4;
 
 /// Most messages expired in one pass: the actor then serves its inboxes and lets other
 /// tasks run before it goes on, so a mass expiry never stalls the queue or its worker thread.
@@ -191,6 +202,9 @@ struct QueueActor {
     dl_queue: VecDeque<PendingDeadLetter>,
     /// When consumer timeouts were last checked.
     last_timeout_check: Instant,
+    /// Store writes sent since the last mark, and marks the store has not reached yet.
+    writes_unmarked: u32,
+    marks_pending: u32,
 }
 
 /// Starts a queue actor on the current runtime.
@@ -265,6 +279,8 @@ pub(crate) fn spawn(
         },
         dl_queue: VecDeque::new(),
         last_timeout_check: Instant::now(),
+        writes_unmarked: 0,
+        marks_pending: 0,
     };
     tokio::spawn(actor.run(rx, aux_rx, stop));
     handle
@@ -304,14 +320,14 @@ impl QueueActor {
                         }
                     }
                 }
-                cmd = rx.recv() => match cmd {
+                cmd = rx.recv(), if self.store_keeps_up() => match cmd {
                     Some(cmd) => {
                         // Deliveries go out between slices of about 256 messages taken in,
                         // so consumers keep pace with a fast publisher.
                         let mut budget = 256usize;
                         budget = budget.saturating_sub(cmd.weight());
                         self.handle(cmd);
-                        while budget > 0 {
+                        while budget > 0 && self.store_keeps_up() {
                             match rx.try_recv() {
                                 Ok(cmd) => {
                                     budget = budget.saturating_sub(cmd.weight());
@@ -344,6 +360,28 @@ impl QueueActor {
             self.maybe_auto_delete();
         }
         self.shutdown(rx);
+    }
+
+    /// False while too many of this queue's writes wait for the store thread.
+    fn store_keeps_up(&self) -> bool {
+        self.marks_pending < MAX_MARKS_PENDING
+    }
+
+    /// Counts a write sent to the store, and every `WRITES_PER_MARK` asks the store to say
+    /// when it has taken them.
+    fn count_write(&mut self) {
+        self.writes_unmarked += 1;
+        if self.writes_unmarked < WRITES_PER_MARK {
+            return;
+        }
+        if let Some(disk) = &self.disk {
+            self.writes_unmarked = 0;
+            self.marks_pending += 1;
+            let tx = self.aux_tx.clone();
+            disk.store.taken(Box::new(move |_| {
+                let _ = tx.send(Aux::WritesTaken);
+            }));
+        }
     }
 
     fn ready_count(&self) -> u64 {
@@ -412,6 +450,7 @@ impl QueueActor {
                 let settings = self.handle.settings();
                 self.settings_changed(settings);
             }
+            Aux::WritesTaken => self.marks_pending = self.marks_pending.saturating_sub(1),
         }
     }
 
@@ -586,7 +625,7 @@ impl QueueActor {
             }
             None => false,
         };
-        match &self.disk {
+        let wrote = match &self.disk {
             Some(disk) if durable_record || to_tail => {
                 let value = store::Record {
                     msg: p.msg.clone(),
@@ -609,8 +648,15 @@ impl QueueActor {
                     disk.store.put(disk.qid, id, value, false, None);
                     Self::confirm(p.confirm, true);
                 }
+                true
             }
-            _ => Self::confirm(p.confirm, true),
+            _ => {
+                Self::confirm(p.confirm, true);
+                false
+            }
+        };
+        if wrote {
+            self.count_write();
         }
         let lane = self.lane_of(&p.msg);
         if indexed {
@@ -1045,11 +1091,17 @@ impl QueueActor {
             self.tail_removed.clear();
             return;
         }
+        // Paged-out transient records are garbage once loaded: the queue holds them in
+        // memory from now on (and a restart would drop them anyway).
+        let mut loaded_transient = 0u64;
         for m in msgs {
             self.tail.next = m.id + 1;
             if self.tail_removed.remove(&m.id) {
                 // Expired while on disk: already uncounted, its record is being removed.
                 continue;
+            }
+            if !m.durable {
+                loaded_transient += 1;
             }
             let size = m.msg.size() as u64;
             self.tail.count = self.tail.count.saturating_sub(1);
@@ -1083,6 +1135,12 @@ impl QueueActor {
             );
         }
         self.tail_removed = self.tail_removed.split_off(&self.tail.next);
+        if let Some(disk) = &self.disk {
+            if loaded_transient > 0 {
+                disk.store
+                    .transient_loaded(disk.qid, self.tail.next, loaded_transient);
+            }
+        }
         self.enforce_limits();
     }
 

@@ -82,6 +82,8 @@ pub(crate) enum Aux {
     ExpiredRead(Vec<u64>, Vec<crate::store::StoredMessage>),
     /// The effective settings changed (read them from the watch).
     Settings,
+    /// The store thread took the writes sent before one of the actor's marks.
+    WritesTaken,
 }
 
 pub(crate) enum QueueCmd {

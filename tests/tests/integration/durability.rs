@@ -592,21 +592,14 @@ fn largest_files(dir: &std::path::Path) -> String {
         .join(", ")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disk_space_comes_back_after_a_queue_is_drained() {
-    // 20,000 persistent messages of 4 KiB: 78 MiB of bodies.
-    const COUNT: u32 = 20_000;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = ServerProcess::start(dir.path(), free_port()).await;
-    let conn = connect(&server).await;
-    let ch = conn.create_channel().await.expect("channel");
-    durable_queue(&ch, "reclaim", FieldTable::default()).await;
+/// Publishes `count` messages of 4 KiB with confirms, up to 512 outstanding. The bodies are
+/// incompressible (each starts with its index), so disk figures are what messages really take.
+async fn publish_incompressible(ch: &Channel, queue: &str, count: u32, props: BasicProperties) {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm.select");
     let mut window = VecDeque::new();
-    for i in 0..COUNT {
-        // Incompressible bodies, so the figures are what messages really take.
+    for i in 0..count {
         let mut body = i.to_be_bytes().to_vec();
         let mut x = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         while body.len() < 4096 {
@@ -618,10 +611,10 @@ async fn disk_space_comes_back_after_a_queue_is_drained() {
         let pending = ch
             .basic_publish(
                 "".into(),
-                "reclaim".into(),
+                queue.into(),
                 BasicPublishOptions::default(),
                 &body,
-                persistent(),
+                props.clone(),
             )
             .await
             .expect("publish");
@@ -638,6 +631,18 @@ async fn disk_space_comes_back_after_a_queue_is_drained() {
     for pending in window {
         assert!(pending.await.expect("confirm").is_ack());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_space_comes_back_after_a_queue_is_drained() {
+    // 20,000 persistent messages of 4 KiB: 78 MiB of bodies.
+    const COUNT: u32 = 20_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(dir.path(), free_port()).await;
+    let conn = connect(&server).await;
+    let ch = conn.create_channel().await.expect("channel");
+    durable_queue(&ch, "reclaim", FieldTable::default()).await;
+    publish_incompressible(&ch, "reclaim", COUNT, persistent()).await;
     let full = disk_usage(dir.path());
     let drained = drain(&ch, "reclaim").await;
     assert_eq!(drained.len(), COUNT as usize);
@@ -654,6 +659,55 @@ async fn disk_space_comes_back_after_a_queue_is_drained() {
     assert!(
         reclaimed,
         "disk use went from {full} to {after} bytes after draining: the space must come back; \
+         files: {}",
+        largest_files(dir.path())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_space_comes_back_after_a_paged_out_backlog_is_drained_and_the_queue_stays() {
+    // 30,000 transient messages of 4 KiB (117 MiB) to a transient queue with no consumer:
+    // what does not fit in the queue's memory (32 MiB) is paged out to the store.
+    const COUNT: u32 = 30_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(dir.path(), free_port()).await;
+    let conn = connect(&server).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(
+        "paged".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    publish_incompressible(&ch, "paged", COUNT, BasicProperties::default()).await;
+    // Paged-out bodies are confirmed before they reach the disk: wait for most of them.
+    let paged = warren_tests::eventually(Duration::from_secs(30), || async {
+        disk_usage(dir.path()) > 64 * 1024 * 1024
+    })
+    .await;
+    let full = disk_usage(dir.path());
+    assert!(paged, "only {full} bytes on disk with 117 MiB queued");
+    let drained = drain(&ch, "paged").await;
+    assert_eq!(drained.len(), COUNT as usize);
+    assert!(
+        drained.iter().enumerate().all(|(i, (n, _))| *n == i as u32),
+        "messages come back in order"
+    );
+    // The queue is still there: its loaded-back records must still leave the disk.
+    let reclaimed = warren_tests::eventually(Duration::from_secs(30), || async {
+        disk_usage(dir.path()) < full / 2
+    })
+    .await;
+    let after = disk_usage(dir.path());
+    eprintln!(
+        "store on disk: {} MiB with {COUNT} x 4 KiB queued, {} MiB after draining",
+        full / (1024 * 1024),
+        after / (1024 * 1024)
+    );
+    assert!(
+        reclaimed,
+        "disk use went from {full} to {after} bytes after draining: paged-out records must go; \
          files: {}",
         largest_files(dir.path())
     );
