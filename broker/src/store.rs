@@ -981,6 +981,21 @@ impl Worker {
         // Otherwise only the writes that have waited `HOLD` go.
         self.release_held(all, &mut batch, &mut sync, &mut dones);
         ok &= self.commit(batch);
+        // Reads see what the round committed; they do not wait for it to be durable, so a
+        // queue refilling its memory never waits behind an fsync.
+        for op in reads {
+            match op {
+                Op::Read {
+                    queue,
+                    from_id,
+                    max_count,
+                    max_bytes,
+                    reply,
+                } => reply(self.read(queue, from_id, max_count, max_bytes)),
+                Op::ReadIds { queue, ids, reply } => reply(self.read_ids(queue, &ids)),
+                _ => {}
+            }
+        }
         // One write to the OS for the whole round, and one fdatasync if anything waits on it.
         let mode = if sync {
             PersistMode::SyncData
@@ -998,19 +1013,6 @@ impl Worker {
         }
         for done in dones {
             done(ok);
-        }
-        for op in reads {
-            match op {
-                Op::Read {
-                    queue,
-                    from_id,
-                    max_count,
-                    max_bytes,
-                    reply,
-                } => reply(self.read(queue, from_id, max_count, max_bytes)),
-                Op::ReadIds { queue, ids, reply } => reply(self.read_ids(queue, &ids)),
-                _ => {}
-            }
         }
     }
 
