@@ -646,13 +646,19 @@ async fn disk_space_comes_back_after_a_queue_is_drained() {
     let full = disk_usage(dir.path());
     let drained = drain(&ch, "reclaim").await;
     assert_eq!(drained.len(), COUNT as usize);
+    assert_disk_shrinks(dir.path(), full, COUNT).await;
+}
+
+/// Waits (up to 30 s) for the store under `dir` to use less than half of `full` bytes, as
+/// it must once the `count` messages of 4 KiB it held are consumed.
+async fn assert_disk_shrinks(dir: &std::path::Path, full: u64, count: u32) {
     let reclaimed = warren_tests::eventually(Duration::from_secs(30), || async {
-        disk_usage(dir.path()) < full / 2
+        disk_usage(dir) < full / 2
     })
     .await;
-    let after = disk_usage(dir.path());
+    let after = disk_usage(dir);
     eprintln!(
-        "store on disk: {} MiB with {COUNT} x 4 KiB queued, {} MiB after draining",
+        "store on disk: {} MiB with {count} x 4 KiB queued, {} MiB after draining",
         full / (1024 * 1024),
         after / (1024 * 1024)
     );
@@ -660,7 +666,7 @@ async fn disk_space_comes_back_after_a_queue_is_drained() {
         reclaimed,
         "disk use went from {full} to {after} bytes after draining: the space must come back; \
          files: {}",
-        largest_files(dir.path())
+        largest_files(dir)
     );
 }
 
@@ -695,22 +701,7 @@ async fn disk_space_comes_back_after_a_paged_out_backlog_is_drained_and_the_queu
         "messages come back in order"
     );
     // The queue is still there: its loaded-back records must still leave the disk.
-    let reclaimed = warren_tests::eventually(Duration::from_secs(30), || async {
-        disk_usage(dir.path()) < full / 2
-    })
-    .await;
-    let after = disk_usage(dir.path());
-    eprintln!(
-        "store on disk: {} MiB with {COUNT} x 4 KiB queued, {} MiB after draining",
-        full / (1024 * 1024),
-        after / (1024 * 1024)
-    );
-    assert!(
-        reclaimed,
-        "disk use went from {full} to {after} bytes after draining: paged-out records must go; \
-         files: {}",
-        largest_files(dir.path())
-    );
+    assert_disk_shrinks(dir.path(), full, COUNT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
